@@ -1,0 +1,66 @@
+"""ferroloop: asyncio's event loop implemented in Rust.
+
+Use it like uvloop::
+
+    import ferroloop
+    ferroloop.run(main())                      # like asyncio.run(main())
+
+    with asyncio.Runner(loop_factory=ferroloop.new_event_loop) as runner:
+        runner.run(main())
+
+    ferroloop.install()                        # every new loop is a ferroloop loop
+
+or run an unmodified program: ``python -m ferroloop script.py [args]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from ._ferroloop import Handle, TimerHandle
+from ._loop import Loop
+
+__all__ = [
+    "EventLoopPolicy",
+    "Handle",
+    "Loop",
+    "TimerHandle",
+    "install",
+    "new_event_loop",
+    "run",
+]
+__version__ = "0.1.0"
+
+_T = TypeVar("_T")
+
+
+def new_event_loop() -> Loop:
+    """Return a new ferroloop event loop."""
+    return Loop()
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """asyncio's default policy, creating ferroloop loops.
+
+    ``asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())`` makes ``asyncio.run``,
+    ``asyncio.new_event_loop`` and ``asyncio.get_event_loop`` use ferroloop.
+    """
+
+    def _loop_factory(self) -> Loop:  # type: ignore[override]
+        return new_event_loop()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__}>"
+
+
+def install() -> None:
+    """Install ferroloop's policy, so every new asyncio loop is a ferroloop loop."""
+    asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
+    """Run a coroutine on a new ferroloop loop, like ``asyncio.run``."""
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)

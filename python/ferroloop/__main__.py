@@ -1,0 +1,48 @@
+"""``python -m ferroloop script.py [args]``: run an unmodified asyncio program on ferroloop.
+
+Also ``python -m ferroloop -m package.module [args]`` and ``python -m ferroloop -c CODE``.
+The program's own ``asyncio.run(...)``, ``asyncio.new_event_loop()`` and friends get ferroloop
+loops because ferroloop's event loop policy is installed before the program starts.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+
+from . import install
+
+USAGE = "usage: python -m ferroloop (script.py | -m module | -c code) [args ...]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr if not args else sys.stdout)
+        return 2 if not args else 0
+    install()
+    if args[0] == "-m":
+        if len(args) < 2:
+            print(USAGE, file=sys.stderr)
+            return 2
+        sys.argv = args[1:]
+        sys.path.insert(0, os.getcwd())
+        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+    elif args[0] == "-c":
+        if len(args) < 2:
+            print(USAGE, file=sys.stderr)
+            return 2
+        sys.argv = ["-c", *args[2:]]
+        sys.path.insert(0, "")
+        exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})
+    else:
+        script = args[0]
+        sys.argv = args
+        sys.path[0] = os.path.dirname(os.path.abspath(script))
+        runpy.run_path(script, run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

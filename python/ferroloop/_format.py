@@ -1,0 +1,43 @@
+"""Formatting and debug helpers the native module calls on cold paths.
+
+Reprs and error messages of handles use the standard library's own asyncio formatting
+helpers, so that ferroloop's messages read exactly like asyncio's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from asyncio import format_helpers
+from typing import Any
+
+
+def format_callback_source(callback: Any, args: Any) -> str:
+    """``cb(arg, ...) at file.py:12``, as asyncio writes callbacks in messages."""
+    return format_helpers._format_callback_source(callback, args or ())
+
+
+def format_handle(handle: Any) -> str:
+    """asyncio's repr of a (timer) handle: ``<TimerHandle when=1.0 cb() at f.py:3>``."""
+    info = [type(handle).__name__]
+    if handle._cancelled:
+        info.append("cancelled")
+    if hasattr(handle, "_when"):
+        info.insert(2 if handle._cancelled else 1, f"when={handle._when}")
+    if handle._callback is not None:
+        info.append(format_callback_source(handle._callback, handle._args))
+    tb = handle._source_traceback
+    if tb:
+        frame = tb[-1]
+        info.append(f"created at {frame[0]}:{frame[1]}")
+    return "<{}>".format(" ".join(info))
+
+
+def extract_stack() -> Any:
+    """The stack of whoever called into the loop (the native method has no frame)."""
+    return format_helpers.extract_stack(sys._getframe(1))
+
+
+def is_coroutine_like(obj: Any) -> bool:
+    """asyncio refuses coroutines and coroutine functions as plain callbacks."""
+    return asyncio.iscoroutine(obj) or asyncio.iscoroutinefunction(obj)

@@ -1,0 +1,496 @@
+"""``ferroloop.Loop``: the event loop users get.
+
+The class combines the native ``LoopCore`` (ready queue, timers, epoll reactor, waker,
+handles, the iteration itself, all in Rust) with ``asyncio.AbstractEventLoop``. What stays in
+Python here runs once per loop run or once per call site rather than once per callback:
+``run_forever``/``run_until_complete`` setup, task creation, executors, exception handlers,
+async generator bookkeeping and signal handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import logging
+import signal
+import socket
+import sys
+import threading
+import traceback
+import warnings
+import weakref
+from asyncio import coroutines, events, futures, tasks
+from collections.abc import Callable
+from typing import Any
+
+from . import _format
+from ._ferroloop import Handle, LoopCore
+
+# asyncio's own constant for coroutine origin tracking in debug mode.
+_DEBUG_STACK_DEPTH = 10
+
+
+def _logger() -> logging.Logger:
+    # Looked up at call time: asyncio's tests (and some applications) replace
+    # ``asyncio.base_events.logger``; messages must reach whatever is installed there.
+    from asyncio import base_events
+
+    return base_events.logger
+
+
+def _run_until_complete_cb(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        exc = fut.exception()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # The loop is stopped by the exception itself, no need to stop it here.
+            return
+    fut.get_loop().stop()
+
+
+def _settle(fut: asyncio.Future, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
+
+
+def _sighandler_noop(signum: int, frame: Any) -> None:
+    """The Python-level handler for signals the loop dispatches itself (via the wakeup fd)."""
+
+
+class Loop(LoopCore, asyncio.AbstractEventLoop):
+    """An asyncio event loop implemented in Rust."""
+
+    def __init__(self) -> None:
+        self._exception_handler: Callable[..., Any] | None = None
+        self._task_factory: Callable[..., Any] | None = None
+        self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_shutdown_called = False
+        self._asyncgens: weakref.WeakSet = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth: int | None = None
+        self._current_handle: Handle | None = None
+        self._signal_handlers: dict[int, Handle] = {}
+        self._ssock: socket.socket | None = None
+        self._csock: socket.socket | None = None
+        self.slow_callback_duration = 0.1
+        self.set_debug(coroutines._is_debug_mode())
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    # ---------------------------------------------------------------- running and stopping
+
+    def _check_running(self) -> None:
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+        if events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
+    def run_forever(self) -> None:
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self.get_debug())
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        try:
+            events._set_running_loop(self)
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            self._run_forever_native()
+        finally:
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def run_until_complete(self, future: Any) -> Any:
+        self._check_closed()
+        self._check_running()
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            # An exception raised by the loop (KeyboardInterrupt) must not also be logged as
+            # "Task exception was never retrieved".
+            future._log_destroy_pending = False
+        future.add_done_callback(_run_until_complete_cb)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                future.exception()
+            raise
+        finally:
+            future.remove_done_callback(_run_until_complete_cb)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return future.result()
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self.get_debug():
+            _logger().debug("Close %r", self)
+        self._mark_closed()
+        self._remove_all_signal_handlers()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+        self._close_native()
+
+    def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
+        try:
+            closed = self.is_closed()
+        except Exception:
+            return
+        if not closed:
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                try:
+                    self.close()
+                except Exception:
+                    pass
+
+    # ---------------------------------------------------------------- debug
+
+    def set_debug(self, enabled: bool) -> None:
+        self._set_debug_flag(bool(enabled))
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, bool(enabled))
+
+    def _set_coroutine_origin_tracking(self, enabled: bool) -> None:
+        if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
+            return
+        if enabled:
+            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(_DEBUG_STACK_DEPTH)
+        else:
+            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth or 0)
+        self._coroutine_origin_tracking_enabled = enabled
+
+    def _check_slow_callback(self, handle: Handle, seconds: float) -> None:
+        if seconds >= self.slow_callback_duration:
+            _logger().warning(
+                "Executing %s took %.3f seconds", _format.format_handle(handle), seconds
+            )
+
+    # ---------------------------------------------------------------- futures and tasks
+
+    def create_future(self) -> asyncio.Future:
+        return futures.Future(loop=self)
+
+    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> Any:
+        self._check_closed()
+        if self._task_factory is None:
+            task = tasks.Task(coro, loop=self, name=name, context=context)
+            if task._source_traceback:
+                del task._source_traceback[-1]
+        else:
+            if context is None:
+                task = self._task_factory(self, coro)
+            else:
+                task = self._task_factory(self, coro, context=context)
+            if name is not None:
+                try:
+                    task.set_name(name)
+                except AttributeError:
+                    pass
+        return task
+
+    def set_task_factory(self, factory: Callable[..., Any] | None) -> None:
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self) -> Callable[..., Any] | None:
+        return self._task_factory
+
+    # ---------------------------------------------------------------- errors
+
+    def get_exception_handler(self) -> Callable[..., Any] | None:
+        return self._exception_handler
+
+    def set_exception_handler(self, handler: Callable[..., Any] | None) -> None:
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        message = context.get("message") or "Unhandled exception in event loop"
+        exception = context.get("exception")
+        exc_info: Any = False
+        if exception is not None:
+            exc_info = (type(exception), exception, exception.__traceback__)
+        current = self._current_handle
+        if (
+            "source_traceback" not in context
+            and current is not None
+            and current._source_traceback
+        ):
+            context = dict(context)
+            context["handle_traceback"] = current._source_traceback
+        lines = [message]
+        for key in sorted(context):
+            if key in ("message", "exception"):
+                continue
+            value = context[key]
+            if key == "source_traceback":
+                text = "".join(traceback.format_list(value)).rstrip()
+                value = "Object created at (most recent call last):\n" + text
+            elif key == "handle_traceback":
+                text = "".join(traceback.format_list(value)).rstrip()
+                value = "Handle created at (most recent call last):\n" + text
+            else:
+                value = repr(value)
+            lines.append(f"{key}: {value}")
+        _logger().error("\n".join(lines), exc_info=exc_info)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        handler = self._exception_handler
+        if handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                _logger().error("Exception in default exception handler", exc_info=True)
+            return
+        try:
+            handler(self, context)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            try:
+                self.default_exception_handler(
+                    {
+                        "message": "Unhandled error in exception handler",
+                        "exception": exc,
+                        "context": context,
+                    }
+                )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                _logger().error(
+                    "Exception in default exception handler while handling an "
+                    "unexpected error in custom exception handler",
+                    exc_info=True,
+                )
+
+    def _report_callback_error(self, handle: Handle, exc: BaseException) -> None:
+        source = _format.format_callback_source(handle._callback, handle._args)
+        context: dict[str, Any] = {
+            "message": f"Exception in callback {source}",
+            "exception": exc,
+            "handle": handle,
+        }
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        self.call_exception_handler(context)
+
+    # ---------------------------------------------------------------- async generators
+
+    def _asyncgen_firstiter_hook(self, agen: Any) -> None:
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after "
+                f"loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+            )
+        self._asyncgens.add(agen)
+
+    def _asyncgen_finalizer_hook(self, agen: Any) -> None:
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    async def shutdown_asyncgens(self) -> None:
+        self._asyncgens_shutdown_called = True
+        if not len(self._asyncgens):
+            return
+        closing = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await tasks.gather(*[ag.aclose() for ag in closing], return_exceptions=True)
+        for agen, result in zip(closing, results):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": "an error occurred during closing of "
+                        f"asynchronous generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+    # ---------------------------------------------------------------- executors
+
+    def _check_default_executor(self) -> None:
+        if self._executor_shutdown_called:
+            raise RuntimeError("Executor shutdown has been called")
+
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+        self._check_closed()
+        if self.get_debug() and _format.is_coroutine_like(func):
+            raise TypeError("coroutines cannot be used with run_in_executor()")
+        if executor is None:
+            self._check_default_executor()
+            executor = self._default_executor
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
+        return futures.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor: Any) -> None:
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError("executor must be ThreadPoolExecutor instance")
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self, timeout: float | None = None) -> None:
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is None:
+            return
+        done = self.create_future()
+
+        def shut_down() -> None:
+            error: BaseException | None = None
+            try:
+                executor.shutdown(wait=True)
+            except Exception as exc:
+                error = exc
+            if not self.is_closed():
+                self.call_soon_threadsafe(_settle, done, error)
+
+        thread = threading.Thread(target=shut_down, name="ferroloop-executor-shutdown")
+        thread.start()
+        try:
+            if timeout is None:
+                await done
+            else:
+                await asyncio.wait_for(asyncio.shield(done), timeout)
+        except TimeoutError:
+            warnings.warn(
+                "The executor did not finish joining its threads within "
+                f"{timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            executor.shutdown(wait=False)
+        finally:
+            if timeout is None or not thread.is_alive():
+                thread.join()
+
+    # ---------------------------------------------------------------- signals
+
+    def _check_signal(self, sig: Any) -> None:
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
+        if _format.is_coroutine_like(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        if self._ssock is None:
+            ssock, csock = socket.socketpair()
+            ssock.setblocking(False)
+            csock.setblocking(False)
+            self._ssock, self._csock = ssock, csock
+            self.add_reader(ssock.fileno(), self._read_signals)
+        try:
+            # Raises ValueError when not called from the main thread.
+            signal.set_wakeup_fd(self._csock.fileno())
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc)) from None
+        handle = self._make_handle(callback, *args)
+        self._signal_handlers[sig] = handle
+        try:
+            signal.signal(sig, _sighandler_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError) as nexc:
+                    _logger().info("set_wakeup_fd(-1) failed: %s", nexc)
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+
+    def _read_signals(self) -> None:
+        assert self._ssock is not None
+        while True:
+            try:
+                data = self._ssock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum:
+                    self._handle_signal(signum)
+
+    def _handle_signal(self, sig: int) -> None:
+        handle = self._signal_handlers.get(sig)
+        if handle is None:
+            return
+        if handle.cancelled():
+            self.remove_signal_handler(sig)
+        else:
+            self._add_callback(handle)
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        if not self._signal_handlers:
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError) as exc:
+                _logger().info("set_wakeup_fd(-1) failed: %s", exc)
+        return True
+
+    def _remove_all_signal_handlers(self) -> None:
+        if self._signal_handlers:
+            if sys.is_finalizing():
+                warnings.warn(
+                    f"Closing the loop {self!r} on interpreter shutdown "
+                    f"stage, skipping signal handlers removal",
+                    ResourceWarning,
+                    source=self,
+                )
+                self._signal_handlers.clear()
+            else:
+                for sig in list(self._signal_handlers):
+                    self.remove_signal_handler(sig)
+        if self._ssock is not None:
+            self.remove_reader(self._ssock.fileno())
+            self._ssock.close()
+            self._ssock = None
+        if self._csock is not None:
+            self._csock.close()
+            self._csock = None

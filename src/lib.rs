@@ -1,0 +1,28 @@
+//! ferroloop's native module (`ferroloop._ferroloop`): asyncio's event loop in Rust.
+//!
+//! Modules, one concern each:
+//! - [`clock`]: the monotonic clock behind `loop.time()`;
+//! - [`reactor`]: the epoll instance and the registry of watched fds;
+//! - [`waker`]: the eventfd that wakes a polling loop from other threads;
+//! - [`scheduler`]: the ready queue and the timer heap;
+//! - [`handles`]: `Handle`/`TimerHandle`, and how a callback runs in its context;
+//! - [`event_loop`]: `LoopCore`, the iteration and the scheduling API;
+//! - [`pyhelpers`]: cached Python helpers used on cold paths (reprs, debug stacks).
+
+use pyo3::prelude::*;
+
+mod clock;
+mod event_loop;
+mod handles;
+mod pyhelpers;
+mod reactor;
+mod scheduler;
+mod waker;
+
+#[pymodule]
+fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    Ok(())
+}

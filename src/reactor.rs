@@ -1,0 +1,238 @@
+//! The epoll reactor: one level-triggered epoll instance per loop, plus the registry that maps
+//! each watched file descriptor to what wants it (a reader callback, a writer callback).
+//!
+//! Level-triggered mode matches asyncio's selector semantics: a reader callback that leaves data
+//! in the socket is called again on the next iteration. The registry is the single source of
+//! truth for the interest mask of every fd; `epoll_ctl` is only called when the mask changes.
+//! An fd closed behind our back disappears from epoll by itself, so `MOD` falling back to `ADD`
+//! (and `ADD` to `MOD`) keeps the kernel's view and ours consistent.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+
+use pyo3::prelude::*;
+
+use crate::handles::Handle;
+
+pub const READABLE: u32 = libc::EPOLLIN as u32;
+pub const WRITABLE: u32 = libc::EPOLLOUT as u32;
+const ERROR_BITS: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+
+/// Interpreted readiness of one fd, as asyncio's epoll selector reports it: an error or hang-up
+/// wakes both the reader and the writer so each can observe the failure.
+pub fn event_is_readable(events: u32) -> bool {
+    events & (READABLE | ERROR_BITS | libc::EPOLLRDHUP as u32) != 0
+}
+
+pub fn event_is_writable(events: u32) -> bool {
+    events & (WRITABLE | ERROR_BITS) != 0
+}
+
+/// Who is interested in one fd.
+#[derive(Default)]
+pub struct FdEntry {
+    pub reader: Option<Py<Handle>>,
+    pub writer: Option<Py<Handle>>,
+    /// The mask currently registered with the kernel (0 = not registered).
+    registered: u32,
+}
+
+impl FdEntry {
+    fn wanted(&self) -> u32 {
+        let mut m = 0;
+        if self.reader.is_some() {
+            m |= READABLE;
+        }
+        if self.writer.is_some() {
+            m |= WRITABLE;
+        }
+        m
+    }
+}
+
+/// An epoll instance and the registry of watched fds.
+pub struct Reactor {
+    epfd: RawFd,
+    pub fds: HashMap<RawFd, FdEntry>,
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+impl Reactor {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; result checked.
+        let epfd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        Ok(Reactor {
+            epfd,
+            fds: HashMap::new(),
+        })
+    }
+
+    pub fn epfd(&self) -> RawFd {
+        self.epfd
+    }
+
+    /// Registers `fd` with a fixed mask outside the registry (used for the waker).
+    pub fn add_raw(&self, fd: RawFd, mask: u32) -> io::Result<()> {
+        ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, mask)
+    }
+
+    /// Installs `handle` as the reader (or writer) of `fd`. Returns the handle it replaces.
+    /// On a kernel error nothing changes; the error and the rejected handle are returned.
+    #[allow(clippy::type_complexity)]
+    pub fn set(
+        &mut self,
+        fd: RawFd,
+        handle: Py<Handle>,
+        write: bool,
+    ) -> Result<Option<Py<Handle>>, (io::Error, Option<Py<Handle>>)> {
+        let epfd = self.epfd;
+        let entry = self.fds.entry(fd).or_default();
+        let slot = if write {
+            &mut entry.writer
+        } else {
+            &mut entry.reader
+        };
+        let old = slot.replace(handle);
+        let wanted = entry.wanted();
+        match sync(epfd, fd, entry.registered, wanted) {
+            Ok(()) => {
+                entry.registered = wanted;
+                Ok(old)
+            }
+            Err(e) => {
+                let slot = if write {
+                    &mut entry.writer
+                } else {
+                    &mut entry.reader
+                };
+                let rejected = std::mem::replace(slot, old);
+                if entry.reader.is_none() && entry.writer.is_none() {
+                    self.fds.remove(&fd);
+                }
+                Err((e, rejected))
+            }
+        }
+    }
+
+    /// Removes the reader (or writer) of `fd`, returning it if there was one.
+    pub fn clear(&mut self, fd: RawFd, write: bool) -> Option<Py<Handle>> {
+        let entry = self.fds.get_mut(&fd)?;
+        let old = if write {
+            entry.writer.take()
+        } else {
+            entry.reader.take()
+        };
+        old.as_ref()?;
+        let registered = entry.registered;
+        let wanted = entry.wanted();
+        let empty = wanted == 0;
+        // A failure here means the fd was closed; it is gone from epoll either way.
+        let _ = sync(self.epfd, fd, registered, wanted);
+        if empty {
+            self.fds.remove(&fd);
+        } else if let Some(e) = self.fds.get_mut(&fd) {
+            e.registered = wanted;
+        }
+        old
+    }
+
+    /// Waits for events. Returns the number of entries filled in `buf` (0 on EINTR).
+    pub fn wait(epfd: RawFd, buf: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+        // SAFETY: `buf` is a valid, writable slice of epoll_event of the given length.
+        let n = unsafe {
+            libc::epoll_wait(
+                epfd,
+                buf.as_mut_ptr(),
+                buf.len().min(i32::MAX as usize) as libc::c_int,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                return Ok(0);
+            }
+            return Err(err);
+        }
+        Ok(n as usize)
+    }
+
+    /// Drops every registration and closes the epoll fd. Returns the handles for the caller to
+    /// cancel and drop outside of any borrow.
+    pub fn close(&mut self) -> Vec<Py<Handle>> {
+        let mut out = Vec::new();
+        for (_, e) in self.fds.drain() {
+            out.extend(e.reader);
+            out.extend(e.writer);
+        }
+        if self.epfd >= 0 {
+            // SAFETY: we own the epoll fd and forget it right after.
+            unsafe {
+                libc::close(self.epfd);
+            }
+            self.epfd = -1;
+        }
+        out
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.epfd < 0
+    }
+}
+
+fn ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, mask: u32) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: mask,
+        u64: fd as u32 as u64,
+    };
+    // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+    cvt(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) })?;
+    Ok(())
+}
+
+/// Brings the kernel's mask for `fd` in line with `wanted`.
+fn sync(epfd: RawFd, fd: RawFd, registered: u32, wanted: u32) -> io::Result<()> {
+    if wanted == registered {
+        return Ok(());
+    }
+    if wanted == 0 {
+        // The fd may already be closed (and so gone from epoll): nothing to report.
+        let _ = ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
+        return Ok(());
+    }
+    if registered == 0 {
+        match ctl(epfd, libc::EPOLL_CTL_ADD, fd, wanted) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                ctl(epfd, libc::EPOLL_CTL_MOD, fd, wanted)
+            }
+            r => r,
+        }
+    } else {
+        match ctl(epfd, libc::EPOLL_CTL_MOD, fd, wanted) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                ctl(epfd, libc::EPOLL_CTL_ADD, fd, wanted)
+            }
+            r => r,
+        }
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        if self.epfd >= 0 {
+            // SAFETY: we own the epoll fd.
+            unsafe {
+                libc::close(self.epfd);
+            }
+            self.epfd = -1;
+        }
+    }
+}
