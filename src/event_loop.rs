@@ -32,10 +32,9 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
 
 use crate::clock;
-use crate::handles::{run_handle, Handle, TimerHandle};
+use crate::handles::{release_if_one_shot, run_handle, Handle, TimerHandle};
 use crate::pyhelpers;
 use crate::reactor::{event_is_readable, event_is_writable, Reactor, READABLE};
 use crate::scheduler::{ReadyQueue, TimerHeap};
@@ -324,11 +323,16 @@ fn run_once_impl(slf: &Bound<'_, LoopCore>, buf: &mut [libc::epoll_event]) -> Py
             break;
         };
         let hb = h.bind(py);
-        if debug {
-            run_handle_debug(slf, hb)?;
-        } else if let Err(e) = run_handle(py, hb) {
-            handle_callback_error(slf, hb, e)?;
-        }
+        let res = if debug {
+            run_handle_debug(slf, hb)
+        } else {
+            match run_handle(py, hb) {
+                Ok(()) => Ok(()),
+                Err(e) => handle_callback_error(slf, hb, e),
+            }
+        };
+        release_if_one_shot(hb);
+        res?;
     }
     Ok(())
 }
@@ -529,7 +533,9 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let debug = slf.try_borrow().map_err(borrow_error)?.debug;
-        Py::new(py, make_handle(py, callback, args, None, debug)?)
+        let mut h = make_handle(py, callback, args, None, debug)?;
+        h.persistent = true;
+        Py::new(py, h)
     }
 
     /// Queues an existing handle (asyncio's private `_add_callback`), waking a polling loop.
@@ -670,33 +676,6 @@ impl LoopCore {
         self.closed = true;
         Ok(())
     }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for h in &self.ready {
-            visit.call(h)?;
-        }
-        for e in self.timers.iter() {
-            visit.call(&e.handle)?;
-        }
-        for e in self.reactor.fds.values() {
-            if let Some(h) = &e.reader {
-                visit.call(h)?;
-            }
-            if let Some(h) = &e.writer {
-                visit.call(h)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn __clear__(&mut self) {
-        self.ready.clear();
-        let _ = self.timers.drain();
-        for (_, e) in self.reactor.fds.iter_mut() {
-            e.reader = None;
-            e.writer = None;
-        }
-    }
 }
 
 fn schedule_timer(
@@ -741,7 +720,9 @@ fn add_io(
     };
     let method = if write { "add_writer" } else { "add_reader" };
     check_callback(py, callback, method, debug)?;
-    let h = Py::new(py, make_handle(py, callback, args, None, debug)?)?;
+    let mut h = make_handle(py, callback, args, None, debug)?;
+    h.persistent = true;
+    let h = Py::new(py, h)?;
     let res = st(slf)?.reactor.set(fd, h, write);
     match res {
         Ok(old) => {

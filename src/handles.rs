@@ -7,6 +7,11 @@
 //! `PyObject_Call`, and leaves the context: the same observable behaviour as asyncio's
 //! `context.run(callback, *args)`, without building a bound method per call.
 //!
+//! Handles are not tracked by Python's cyclic GC: with one allocated per `call_soon`, tracking
+//! them made the collector a large share of the loop's time. They cannot keep a cycle alive
+//! either: a one-shot handle drops its callback and arguments as soon as it has run (or is
+//! cancelled), so a cycle through a handle exists only while the loop itself holds the handle.
+//!
 //! `TimerHandle` is a subclass (so `isinstance(timer, Handle)` holds, as in asyncio) whose data
 //! lives in the shared `Handle` struct: the loop's timer heap never needs to touch the subclass.
 
@@ -17,7 +22,6 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyFloat, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
 
 use crate::pyhelpers;
 
@@ -32,6 +36,9 @@ pub struct Handle {
     /// In debug mode asyncio keeps the handle's repr from the moment it was cancelled.
     pub(crate) repr_at_cancel: Option<PyObject>,
     pub(crate) debug: bool,
+    /// Reader, writer and signal handles run many times; the others run once and then drop
+    /// their callback and arguments (see the module docs).
+    pub(crate) persistent: bool,
     // --- timer part (unused for plain handles) ---
     pub(crate) is_timer: bool,
     pub(crate) when: f64,
@@ -56,6 +63,7 @@ impl Handle {
             source_traceback,
             repr_at_cancel: None,
             debug,
+            persistent: false,
             is_timer: false,
             when: 0.0,
             scheduled: false,
@@ -119,6 +127,16 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<()> 
         }
     }
     out
+}
+
+/// After a one-shot handle has run (and any error was reported), drop its callback and
+/// arguments (see the module docs). Taken out under the borrow, released after it.
+pub(crate) fn release_if_one_shot(h: &Bound<'_, Handle>) {
+    let released = match h.try_borrow_mut() {
+        Ok(mut b) if !b.persistent => Some((b.callback.take(), b.args.take())),
+        _ => None,
+    };
+    drop(released);
 }
 
 #[pymethods]
@@ -214,29 +232,6 @@ impl Handle {
             return Ok(r);
         }
         pyhelpers::format_handle(slf.py(), slf.as_any())
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(x) = &self.callback {
-            visit.call(x)?;
-        }
-        if let Some(x) = &self.args {
-            visit.call(x)?;
-        }
-        if let Some(x) = &self.context {
-            visit.call(x)?;
-        }
-        if let Some(x) = &self.source_traceback {
-            visit.call(x)?;
-        }
-        Ok(())
-    }
-
-    fn __clear__(&mut self) {
-        self.callback = None;
-        self.args = None;
-        self.context = None;
-        self.source_traceback = None;
     }
 }
 

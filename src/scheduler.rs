@@ -77,10 +77,6 @@ impl TimerHeap {
         self.heap.drain().map(|e| e.handle).collect()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &TimerEntry> {
-        self.heap.iter()
-    }
-
     /// Removes cancelled timers, per asyncio's policy (see module docs). `cancelled` is the
     /// number of scheduled-then-cancelled timers; it is updated. Removed handles are pushed to
     /// `garbage` so the caller drops them outside any borrow.
