@@ -1,0 +1,302 @@
+"""call_soon / call_soon_threadsafe: ordering, arguments, handles, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+
+def test_call_soon_fifo_and_args(loop):
+    out = []
+    for i in range(50):
+        loop.call_soon(out.append, i)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == list(range(50))
+
+
+def test_callbacks_added_during_iteration_run_next_iteration(loop):
+    out = []
+
+    def first():
+        out.append("first")
+        loop.call_soon(third)
+
+    def second():
+        out.append("second")
+
+    def third():
+        out.append("third")
+        loop.stop()
+
+    loop.call_soon(first)
+    loop.call_soon(second)
+    loop.run_forever()
+    assert out == ["first", "second", "third"]
+
+
+def test_stop_finishes_current_iteration_and_keeps_the_rest(loop):
+    out = []
+
+    def a():
+        out.append("a")
+        loop.stop()
+        loop.call_soon(out.append, "c")
+
+    loop.call_soon(a)
+    loop.call_soon(out.append, "b")
+    loop.run_forever()
+    assert out == ["a", "b"]
+    # "c" was scheduled during the stopped iteration: it runs on the next run.
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ["a", "b", "c"]
+
+
+def test_stop_before_run_forever_runs_one_iteration(loop):
+    out = []
+    loop.call_soon(out.append, 1)
+    loop.stop()
+    loop.run_forever()
+    assert out == [1]
+    assert not loop.is_running()
+
+
+def test_handle_cancel(loop):
+    out = []
+    h = loop.call_soon(out.append, "cancelled")
+    loop.call_soon(out.append, "kept")
+    assert not h.cancelled()
+    h.cancel()
+    assert h.cancelled()
+    h.cancel()  # idempotent
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ["kept"]
+
+
+def test_handle_cancels_itself_while_running(loop):
+    out = []
+    holder = {}
+
+    def cb():
+        holder["h"].cancel()
+        out.append("ran")
+
+    holder["h"] = loop.call_soon(cb)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ["ran"]
+    assert holder["h"].cancelled()
+
+
+def test_handle_repr(loop):
+    def my_callback(x):
+        pass
+
+    h = loop.call_soon(my_callback, 42)
+    r = repr(h)
+    assert r.startswith("<Handle ")
+    assert "my_callback(42)" in r
+    h.cancel()
+    assert repr(h) == "<Handle cancelled>"
+
+
+def test_handle_get_context(loop, loop_name):
+    import contextvars
+
+    ctx = contextvars.copy_context()
+    h = loop.call_soon(lambda: None, context=ctx)
+    if loop_name == "asyncio" and not hasattr(h, "get_context"):
+        # Handle.get_context() arrived in Python 3.12; ferroloop has it on every version.
+        assert h._context is ctx
+        h.cancel()
+        return
+    assert h.get_context() is ctx
+    h2 = loop.call_soon(lambda: None)
+    assert isinstance(h2.get_context(), contextvars.Context)
+    h.cancel()
+    h2.cancel()
+
+
+def test_call_soon_non_callable_raises_type_error_in_debug(loop):
+    loop.set_debug(True)
+    with pytest.raises(TypeError):
+        loop.call_soon(1)
+    with pytest.raises(TypeError):
+        loop.call_soon_threadsafe("not callable")
+
+
+def test_call_soon_coroutine_function_refused_in_debug(loop):
+    async def coro():
+        pass
+
+    loop.set_debug(True)
+    with pytest.raises(TypeError, match="coroutines cannot be used with call_soon"):
+        loop.call_soon(coro)
+
+
+def test_ferroloop_refuses_non_callable_even_without_debug(ferroloop_loop):
+    # asyncio accepts it and fails later inside the loop; ferroloop fails fast (documented).
+    with pytest.raises(TypeError, match="a callable object was expected"):
+        ferroloop_loop.call_soon(1)
+    with pytest.raises(TypeError):
+        ferroloop_loop.call_later(1, None)
+
+
+def test_closed_loop_refuses_callbacks(loop):
+    coro = asyncio.sleep(0)
+    loop.close()
+    for call in (
+        lambda: loop.call_soon(print),
+        lambda: loop.call_soon_threadsafe(print),
+        lambda: loop.call_later(1, print),
+        lambda: loop.call_at(loop.time() + 1, print),
+        loop.run_forever,
+        lambda: loop.run_until_complete(coro),
+    ):
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            call()
+    coro.close()
+    loop.close()  # idempotent
+
+
+def test_call_soon_threadsafe_many_threads_loses_nothing(loop):
+    per_thread, threads = 2000, 8
+    seen = []
+    done = threading.Event()
+
+    def producer(tid):
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(seen.append, (tid, i))
+
+    def check():
+        if len(seen) == per_thread * threads:
+            loop.stop()
+        else:
+            loop.call_later(0.005, check)
+
+    ts = [threading.Thread(target=producer, args=(t,)) for t in range(threads)]
+
+    def start():
+        for t in ts:
+            t.start()
+
+    loop.call_soon(start)
+    loop.call_soon(check)
+    loop.call_later(30, loop.stop)
+    loop.run_forever()
+    for t in ts:
+        t.join()
+    done.set()
+    assert len(seen) == per_thread * threads
+    for tid in range(threads):
+        assert [i for (t, i) in seen if t == tid] == list(range(per_thread))
+
+
+def test_call_soon_threadsafe_wakes_a_blocked_loop(loop):
+    out = []
+
+    def later():
+        out.append("woken")
+        loop.stop()
+
+    t = threading.Timer(0.05, lambda: loop.call_soon_threadsafe(later))
+    t.start()
+    loop.call_later(10, loop.stop)  # safety net: the test must not hang
+    t0 = loop.time()
+    loop.run_forever()
+    t.join()
+    assert out == ["woken"]
+    assert loop.time() - t0 < 5
+
+
+def test_exception_in_callback_goes_to_handler_and_loop_keeps_running(loop):
+    contexts = []
+    out = []
+
+    def boom():
+        raise ValueError("boom")
+
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    loop.call_soon(boom)
+    loop.call_soon(out.append, "after")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ["after"]
+    assert len(contexts) == 1
+    ctx = contexts[0]
+    assert set(ctx) >= {"message", "exception", "handle"}
+    assert isinstance(ctx["exception"], ValueError)
+    assert ctx["message"].startswith("Exception in callback ")
+    assert "boom" in ctx["message"]
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_and_system_exit_propagate(loop, exc_type):
+    out = []
+
+    def raiser():
+        raise exc_type()
+
+    loop.call_soon(raiser)
+    loop.call_soon(out.append, "pending")
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert not loop.is_running()
+    # The rest of the iteration was not run; it runs on the next run.
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ["pending"]
+
+
+def test_default_exception_handler_logs_to_asyncio_logger(loop, caplog):
+    def boom():
+        raise RuntimeError("logged-boom")
+
+    loop.call_soon(boom)
+    loop.call_soon(loop.stop)
+    with caplog.at_level("ERROR", logger="asyncio"):
+        loop.run_forever()
+    records = [r for r in caplog.records if r.name == "asyncio"]
+    assert records, "nothing logged to the asyncio logger"
+    assert "Exception in callback" in records[0].getMessage()
+    assert records[0].exc_info and records[0].exc_info[0] is RuntimeError
+
+
+def test_exception_handler_errors_are_logged_not_raised(loop, caplog):
+    def bad_handler(lp, ctx):
+        raise ZeroDivisionError
+
+    def boom():
+        raise ValueError
+
+    loop.set_exception_handler(bad_handler)
+    loop.call_soon(boom)
+    loop.call_soon(loop.stop)
+    with caplog.at_level("ERROR", logger="asyncio"):
+        loop.run_forever()
+    assert any("Unhandled error in exception handler" in r.getMessage() for r in caplog.records)
+
+
+def test_set_exception_handler_validates(loop):
+    with pytest.raises(TypeError):
+        loop.set_exception_handler(1)
+    assert loop.get_exception_handler() is None
+
+    def h(lp, ctx):
+        pass
+
+    loop.set_exception_handler(h)
+    assert loop.get_exception_handler() is h
+    loop.set_exception_handler(None)
+    assert loop.get_exception_handler() is None
+
+
+def test_call_exception_handler_directly(loop):
+    got = []
+    loop.set_exception_handler(lambda lp, ctx: got.append((lp, ctx)))
+    loop.call_exception_handler({"message": "hello"})
+    assert got == [(loop, {"message": "hello"})]

@@ -1,0 +1,94 @@
+"""contextvars: callbacks run in the context captured when they were scheduled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+var = contextvars.ContextVar("var", default="unset")
+
+
+def test_callback_sees_context_at_schedule_time(loop):
+    out = []
+    var.set("outer")
+    try:
+        loop.call_soon(lambda: out.append(var.get()))
+        var.set("changed-after")
+        loop.call_soon(lambda: out.append(var.get()))
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    finally:
+        var.set("unset")
+    assert out == ["outer", "changed-after"]
+
+
+def test_callback_changes_do_not_leak_between_callbacks(loop):
+    out = []
+
+    def setter():
+        var.set("set-by-callback")
+        out.append(var.get())
+
+    loop.call_soon(setter)
+    loop.call_soon(lambda: out.append(var.get()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ["set-by-callback", "unset"]
+    assert var.get() == "unset"
+
+
+def test_explicit_context_is_shared(loop):
+    ctx = contextvars.copy_context()
+    out = []
+    loop.call_soon(var.set, "in-ctx", context=ctx)
+    loop.call_soon(lambda: out.append(var.get()), context=ctx)
+    loop.call_later(0.001, lambda: out.append(var.get()), context=ctx)
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert out == ["in-ctx", "in-ctx"]
+    assert ctx[var] == "in-ctx"
+
+
+def test_context_entered_twice_is_reported(loop):
+    ctx = contextvars.copy_context()
+    contexts = []
+    loop.set_exception_handler(lambda lp, c: contexts.append(c))
+
+    def run_nested():
+        # The loop runs this callback inside ctx; running it there again must fail the way
+        # Context.run fails (RuntimeError), reported to the handler, the loop going on.
+        ctx.run(lambda: None)
+
+    loop.call_soon(run_nested, context=ctx)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert len(contexts) == 1
+    assert isinstance(contexts[0]["exception"], RuntimeError)
+
+
+def test_tasks_inherit_context(loop):
+    async def child():
+        return var.get()
+
+    async def main():
+        var.set("task-value")
+        return await asyncio.gather(child(), asyncio.to_thread(var.get))
+
+    assert loop.run_until_complete(main()) == ["task-value", "task-value"]
+    assert var.get() == "unset"
+
+
+def test_threadsafe_callbacks_get_the_callers_context(loop):
+    import threading
+
+    out = []
+
+    def from_thread():
+        var.set("thread-value")
+        loop.call_soon_threadsafe(lambda: out.append(var.get()))
+        loop.call_soon_threadsafe(loop.stop)
+
+    threading.Thread(target=from_thread).start()
+    loop.call_later(10, loop.stop)
+    loop.run_forever()
+    assert out == ["thread-value"]
