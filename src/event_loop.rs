@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{
-    PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
+    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
 };
 use pyo3::ffi;
 use pyo3::intern;
@@ -260,7 +260,7 @@ fn run_once_impl(slf: &Bound<'_, LoopCore>, buf: &mut [libc::epoll_event]) -> Py
         py.allow_threads(|| Reactor::wait(epfd, buf, timeout_ms))
     };
     st(slf)?.polling = false;
-    let n = polled.map_err(PyOSError::new_err)?;
+    let n = polled.map_err(crate::errors::os_error)?;
     py.check_signals()?;
 
     // 3-4: queue I/O callbacks, then due timers.
@@ -365,11 +365,11 @@ impl LoopCore {
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
     ) -> PyResult<Self> {
-        let reactor = Reactor::new().map_err(PyOSError::new_err)?;
-        let waker = Waker::new().map_err(PyOSError::new_err)?;
+        let reactor = Reactor::new().map_err(crate::errors::os_error)?;
+        let waker = Waker::new().map_err(crate::errors::os_error)?;
         reactor
             .add_raw(waker.fd(), READABLE)
-            .map_err(PyOSError::new_err)?;
+            .map_err(crate::errors::os_error)?;
         Ok(LoopCore {
             ready: ReadyQueue::with_capacity(64),
             timers: TimerHeap::default(),
@@ -733,7 +733,7 @@ fn add_io(
         }
         Err((e, rejected)) => {
             drop(rejected);
-            Err(PyOSError::new_err(e))
+            Err(crate::errors::os_error(e))
         }
     }
 }

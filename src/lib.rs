@@ -2,6 +2,7 @@
 //!
 //! Modules, one concern each:
 //! - [`clock`]: the monotonic clock behind `loop.time()`;
+//! - [`errors`]: OS errors as the matching Python `OSError` subclasses;
 //! - [`reactor`]: the epoll instance and the registry of watched fds;
 //! - [`waker`]: the eventfd that wakes a polling loop from other threads;
 //! - [`scheduler`]: the ready queue and the timer heap;
@@ -12,6 +13,7 @@
 use pyo3::prelude::*;
 
 mod clock;
+mod errors;
 mod event_loop;
 mod handles;
 mod pyhelpers;
