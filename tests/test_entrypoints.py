@@ -1,0 +1,149 @@
+"""How users start ferroloop: run(), Runner, the policy, install(), python -m ferroloop."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import ferroloop
+
+
+async def _loop_type():
+    await asyncio.sleep(0)
+    return type(asyncio.get_running_loop())
+
+
+def test_run():
+    assert ferroloop.run(_loop_type()) is ferroloop.Loop
+
+
+def test_run_debug_flag():
+    async def debug():
+        return asyncio.get_running_loop().get_debug()
+
+    assert ferroloop.run(debug(), debug=True) is True
+
+
+def test_runner_with_loop_factory():
+    with asyncio.Runner(loop_factory=ferroloop.new_event_loop) as runner:
+        assert runner.run(_loop_type()) is ferroloop.Loop
+        assert isinstance(runner.get_loop(), ferroloop.Loop)
+
+
+def test_policy_and_install():
+    old = asyncio.get_event_loop_policy()
+    try:
+        ferroloop.install()
+        assert isinstance(asyncio.get_event_loop_policy(), ferroloop.EventLoopPolicy)
+        loop = asyncio.new_event_loop()
+        assert isinstance(loop, ferroloop.Loop)
+        loop.close()
+        assert asyncio.run(_loop_type()) is ferroloop.Loop
+    finally:
+        asyncio.set_event_loop_policy(old)
+
+
+def test_loop_is_abstract_event_loop():
+    loop = ferroloop.new_event_loop()
+    try:
+        assert isinstance(loop, asyncio.AbstractEventLoop)
+        assert isinstance(loop, ferroloop.Loop)
+    finally:
+        loop.close()
+
+
+def test_subclassing_the_loop():
+    class MyLoop(ferroloop.Loop):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag = tag
+
+    loop = MyLoop("t")
+    try:
+        assert loop.tag == "t"
+        assert loop.run_until_complete(_loop_type()) is MyLoop
+    finally:
+        loop.close()
+
+
+def test_python_dash_m_ferroloop_runs_unmodified_program(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, sys
+
+            async def main():
+                await asyncio.sleep(0.01)
+                print(type(asyncio.get_running_loop()).__module__, sys.argv[1:], __name__)
+
+            asyncio.run(main())
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "ferroloop", str(script), "a", "b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out.strip() == "ferroloop._loop ['a', 'b'] __main__"
+
+
+def test_python_dash_m_ferroloop_module_and_code(tmp_path):
+    (tmp_path / "mymod.py").write_text(
+        "import asyncio\n"
+        "async def main():\n"
+        "    print(type(asyncio.get_running_loop()).__name__)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "ferroloop", "-m", "mymod"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
+    assert out.strip() == "Loop"
+    code = "import asyncio; print(asyncio.new_event_loop().__class__.__name__)"
+    out = subprocess.run(
+        [sys.executable, "-m", "ferroloop", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out.strip() == "Loop"
+
+
+def test_python_dash_m_ferroloop_usage():
+    res = subprocess.run(
+        [sys.executable, "-m", "ferroloop"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2
+    assert "usage" in res.stderr
+
+
+def test_get_event_loop_under_policy():
+    old = asyncio.get_event_loop_policy()
+    try:
+        asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        assert asyncio.get_event_loop() is loop
+        loop.close()
+        asyncio.set_event_loop(None)
+    finally:
+        asyncio.set_event_loop_policy(old)
+
+
+@pytest.mark.parametrize("name", ["Handle", "TimerHandle", "Loop", "EventLoopPolicy"])
+def test_public_names(name):
+    assert hasattr(ferroloop, name)
