@@ -78,7 +78,7 @@ fn borrow_error(_: impl std::fmt::Debug) -> PyErr {
     PyRuntimeError::new_err("ferroloop: the event loop was re-entered while it was being updated")
 }
 
-fn st<'a, 'py>(slf: &'a Bound<'py, LoopCore>) -> PyResult<PyRefMut<'py, LoopCore>> {
+fn st<'py>(slf: &Bound<'py, LoopCore>) -> PyResult<PyRefMut<'py, LoopCore>> {
     slf.try_borrow_mut().map_err(borrow_error)
 }
 

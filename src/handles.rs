@@ -290,9 +290,9 @@ impl TimerHandle {
         let b = other.as_super().borrow();
         let res = match op {
             CompareOp::Lt => a.when < b.when,
-            CompareOp::Le => a.when < b.when || a.when == b.when,
+            CompareOp::Le => a.when <= b.when,
             CompareOp::Gt => a.when > b.when,
-            CompareOp::Ge => a.when > b.when || a.when == b.when,
+            CompareOp::Ge => a.when >= b.when,
             CompareOp::Eq | CompareOp::Ne => {
                 let same_cb = match (&a.callback, &b.callback) {
                     (Some(x), Some(y)) => x.bind(py).eq(y.bind(py))?,

@@ -30,7 +30,9 @@ def loop_factory(loop_name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture
-def loop(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> Iterator[asyncio.AbstractEventLoop]:
+def loop(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> Iterator[asyncio.AbstractEventLoop]:
     lp = loop_factory()
     try:
         yield lp

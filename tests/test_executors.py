@@ -51,7 +51,9 @@ def test_blocking_work_does_not_block_the_loop(loop):
 def test_process_pool(loop):
     async def main():
         with concurrent.futures.ProcessPoolExecutor(max_workers=2) as pool:
-            squares = await asyncio.gather(*(loop.run_in_executor(pool, _square, i) for i in range(6)))
+            squares = await asyncio.gather(
+                *(loop.run_in_executor(pool, _square, i) for i in range(6))
+            )
             pid = await loop.run_in_executor(pool, _pid)
         return squares, pid
 

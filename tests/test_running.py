@@ -165,7 +165,10 @@ def test_unclosed_loop_warns(loop_factory):
         warnings.simplefilter("always")
         del lp
         gc.collect()
-    assert any(issubclass(x.category, ResourceWarning) and "unclosed event loop" in str(x.message) for x in w)
+    assert any(
+        issubclass(x.category, ResourceWarning) and "unclosed event loop" in str(x.message)
+        for x in w
+    )
 
 
 def test_repr(loop):

@@ -176,7 +176,9 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
             self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
             sys.set_coroutine_origin_tracking_depth(_DEBUG_STACK_DEPTH)
         else:
-            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth or 0)
+            sys.set_coroutine_origin_tracking_depth(
+                self._coroutine_origin_tracking_saved_depth or 0
+            )
         self._coroutine_origin_tracking_enabled = enabled
 
     def _check_slow_callback(self, handle: Handle, seconds: float) -> None:
@@ -233,11 +235,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
         if exception is not None:
             exc_info = (type(exception), exception, exception.__traceback__)
         current = self._current_handle
-        if (
-            "source_traceback" not in context
-            and current is not None
-            and current._source_traceback
-        ):
+        if "source_traceback" not in context and current is not None and current._source_traceback:
             context = dict(context)
             context["handle_traceback"] = current._source_traceback
         lines = [message]
@@ -307,6 +305,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
                 f"asynchronous generator {agen!r} was scheduled after "
                 f"loop.shutdown_asyncgens() call",
                 ResourceWarning,
+                stacklevel=2,
                 source=self,
             )
         self._asyncgens.add(agen)
@@ -323,7 +322,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
         closing = list(self._asyncgens)
         self._asyncgens.clear()
         results = await tasks.gather(*[ag.aclose() for ag in closing], return_exceptions=True)
-        for agen, result in zip(closing, results):
+        for agen, result in zip(closing, results, strict=True):
             if isinstance(result, Exception):
                 self.call_exception_handler(
                     {
@@ -382,8 +381,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
                 await asyncio.wait_for(asyncio.shield(done), timeout)
         except TimeoutError:
             warnings.warn(
-                "The executor did not finish joining its threads within "
-                f"{timeout} seconds.",
+                f"The executor did not finish joining its threads within {timeout} seconds.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -481,6 +479,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
                     f"Closing the loop {self!r} on interpreter shutdown "
                     f"stage, skipping signal handlers removal",
                     ResourceWarning,
+                    stacklevel=2,
                     source=self,
                 )
                 self._signal_handlers.clear()
