@@ -5,7 +5,9 @@
 //!
 //! 1. drop cancelled timers (lazily, or by rebuilding the heap when most are cancelled);
 //! 2. poll with timeout 0 if callbacks are ready or the loop is stopping, else until the next
-//!    deadline (or forever); the GIL is released only around this `epoll_wait`;
+//!    deadline (or forever); the GIL is released only around this `epoll_wait`. When callbacks
+//!    are ready and no file descriptor is watched, the poll is skipped: it could not report
+//!    anything (cross-thread wake-ups land in the ready queue directly while the loop runs);
 //! 3. queue the reader/writer handles of ready fds;
 //! 4. move due timers to the ready queue, in deadline-then-scheduling order;
 //! 5. run exactly the callbacks that were ready when step 5 began; callbacks they schedule run
@@ -15,26 +17,31 @@
 //! site: run_until_complete, tasks, executors, exception handlers, async generator hooks,
 //! signals.
 //!
-//! Borrow discipline: `LoopCore` is a mutable pyclass. Every borrow is short and never spans a
-//! call into Python (callbacks, allocation of Python objects that may trigger the GC, dropping
-//! references whose finalizers may run). Objects to release are collected and dropped after the
-//! borrow ends. So Python code re-entering the loop from anywhere (a finalizer, another thread)
-//! always finds it unborrowed.
+//! State lives in a [`GilCell`]: every access is short and never spans a call into Python
+//! (callbacks, allocation of Python objects that may trigger the GC, dropping references whose
+//! finalizers may run). Objects to release are collected and dropped after the access ends, so
+//! Python code re-entering the loop from anywhere (a finalizer, another thread) always finds the
+//! state free.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{
-    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
+    PyAttributeError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError,
+    PyValueError,
 };
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyTuple};
 
 use crate::clock;
-use crate::handles::{release_if_one_shot, run_handle, Handle, TimerHandle};
+use crate::errors::os_error;
+use crate::gilcell::GilCell;
+use crate::handles::{
+    cancel_handle, is_cancelled, release_after_error, run_handle, Handle, RunOutcome, TimerHandle,
+};
 use crate::pyhelpers;
 use crate::reactor::{event_is_readable, event_is_writable, Reactor, READABLE};
 use crate::scheduler::{ReadyQueue, TimerHeap};
@@ -45,13 +52,11 @@ const MAX_POLL_SECONDS: f64 = 86400.0;
 /// Events fetched per `epoll_wait`.
 const EVENTS_PER_POLL: usize = 1024;
 
-#[pyclass(subclass, module = "ferroloop._ferroloop", name = "LoopCore")]
-pub struct LoopCore {
+struct LoopState {
     ready: ReadyQueue,
     timers: TimerHeap,
     reactor: Reactor,
     waker: Waker,
-    cancelled_timers: Arc<AtomicUsize>,
     stopping: bool,
     running: bool,
     closed: bool,
@@ -61,6 +66,49 @@ pub struct LoopCore {
     polling: bool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_id: u64,
+    /// Reused buffer for the callbacks of one iteration.
+    batch: Vec<Py<Handle>>,
+}
+
+impl LoopState {
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed {
+            Err(PyRuntimeError::new_err("Event loop is closed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_thread(&self) -> PyResult<()> {
+        if self.thread_id != 0 && self.thread_id != current_thread_id() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `(debug)` after the checks every scheduling method makes.
+    fn schedule_checks(&self, thread_check: bool) -> PyResult<bool> {
+        self.check_closed()?;
+        if self.debug && thread_check {
+            self.check_thread()?;
+        }
+        Ok(self.debug)
+    }
+
+    fn push_ready(&mut self, h: Py<Handle>) {
+        self.ready.push_back(h);
+        if self.polling {
+            self.waker.wake();
+        }
+    }
+}
+
+#[pyclass(subclass, frozen, module = "ferroloop._ferroloop", name = "LoopCore")]
+pub struct LoopCore {
+    state: GilCell<LoopState>,
+    cancelled_timers: Arc<AtomicUsize>,
     clock_resolution: f64,
 }
 
@@ -70,36 +118,21 @@ fn current_thread_id() -> u64 {
     unsafe { libc::pthread_self() as u64 }
 }
 
-fn closed_error() -> PyErr {
-    PyRuntimeError::new_err("Event loop is closed")
-}
-
-fn borrow_error(_: impl std::fmt::Debug) -> PyErr {
-    PyRuntimeError::new_err("ferroloop: the event loop was re-entered while it was being updated")
-}
-
-fn st<'py>(slf: &Bound<'py, LoopCore>) -> PyResult<PyRefMut<'py, LoopCore>> {
-    slf.try_borrow_mut().map_err(borrow_error)
-}
-
 /// asyncio's `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
 fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let py = obj.py();
     let fd: i64 = if obj.is_instance_of::<PyInt>() {
         obj.extract()?
     } else {
         let r = obj
-            .call_method0(intern!(obj.py(), "fileno"))
-            .and_then(|v| {
-                v.call_method0("__index__")
-                    .or_else(|_| v.call_method0("__int__"))
-            })
+            .call_method0(intern!(py, "fileno"))
             .and_then(|v| v.extract::<i64>());
         match r {
             Ok(fd) => fd,
             Err(e)
-                if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(obj.py())
-                    || e.is_instance_of::<PyTypeError>(obj.py())
-                    || e.is_instance_of::<PyValueError>(obj.py()) =>
+                if e.is_instance_of::<PyAttributeError>(py)
+                    || e.is_instance_of::<PyTypeError>(py)
+                    || e.is_instance_of::<PyValueError>(py) =>
             {
                 return Err(PyValueError::new_err(format!(
                     "Invalid file object: {}",
@@ -115,25 +148,6 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         )));
     }
     RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
-}
-
-impl LoopCore {
-    fn check_closed(&self) -> PyResult<()> {
-        if self.closed {
-            Err(closed_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    fn check_thread(&self) -> PyResult<()> {
-        if self.thread_id != 0 && self.thread_id != current_thread_id() {
-            return Err(PyRuntimeError::new_err(
-                "Non-thread-safe operation invoked on an event loop other than the current one",
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// asyncio's `_check_callback`, plus (always, not only in debug mode) the callable check.
@@ -157,19 +171,20 @@ fn check_callback(
     Ok(())
 }
 
-/// Builds the `Handle` struct: captures the current context when none is given, and the
-/// creation stack in debug mode.
+/// Builds a handle: captures the current context when none is given, and the creation stack
+/// in debug mode.
 fn make_handle(
     py: Python<'_>,
     callback: &Bound<'_, PyAny>,
     args: &Bound<'_, PyTuple>,
     context: Option<&Bound<'_, PyAny>>,
     debug: bool,
+    persistent: bool,
 ) -> PyResult<Handle> {
     let ctx: PyObject = match context {
         Some(c) if !c.is_none() => c.clone().unbind(),
         _ => {
-            // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an exception.
+            // SAFETY: PyContext_CopyCurrent returns a new reference, or NULL with an exception.
             let p = unsafe { ffi::PyContext_CopyCurrent() };
             if p.is_null() {
                 return Err(PyErr::fetch(py));
@@ -189,199 +204,270 @@ fn make_handle(
         ctx,
         tb,
         debug,
+        persistent,
     ))
 }
 
-fn is_cancelled(py: Python<'_>, h: &Py<Handle>) -> bool {
-    h.bind(py)
-        .try_borrow()
-        .map(|b| b.cancelled)
-        .unwrap_or(false)
-}
-
 fn set_unscheduled(py: Python<'_>, h: &Py<Handle>) {
-    if let Ok(mut b) = h.bind(py).try_borrow_mut() {
-        b.scheduled = false;
-    }
+    let _ = h.get().state.try_with(py, |s| s.scheduled = false);
 }
 
 /// Reports a callback's exception the way asyncio's `Handle._run` does, through the Python
 /// side's `_report_callback_error` (which builds the context dict and calls
 /// `call_exception_handler`). `KeyboardInterrupt` and `SystemExit` propagate instead.
-fn handle_callback_error(
+fn report_callback_error(
     slf: &Bound<'_, LoopCore>,
     handle: &Bound<'_, Handle>,
     err: PyErr,
 ) -> PyResult<()> {
     let py = slf.py();
-    if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
-        return Err(err);
-    }
-    slf.call_method1(
-        intern!(py, "_report_callback_error"),
-        (handle, err.into_value(py)),
-    )?;
-    Ok(())
+    let res = if err.is_instance_of::<PyKeyboardInterrupt>(py)
+        || err.is_instance_of::<PySystemExit>(py)
+    {
+        Err(err)
+    } else {
+        slf.call_method1(
+            intern!(py, "_report_callback_error"),
+            (handle, err.into_value(py)),
+        )
+        .map(drop)
+    };
+    release_after_error(py, handle);
+    res
 }
 
-/// One iteration of the loop (see the module docs).
-fn run_once_impl(slf: &Bound<'_, LoopCore>, buf: &mut [libc::epoll_event]) -> PyResult<()> {
-    let py = slf.py();
-    let mut garbage: Vec<Py<Handle>> = Vec::new();
+fn run_one(slf: &Bound<'_, LoopCore>, h: &Bound<'_, Handle>) -> PyResult<()> {
+    match run_handle(slf.py(), h)? {
+        RunOutcome::Done => Ok(()),
+        RunOutcome::Raised(err) => report_callback_error(slf, h, err),
+    }
+}
 
-    // 1-2: purge cancelled timers, compute the poll timeout.
-    let (epfd, timeout_ms) = {
-        let mut guard = st(slf)?;
-        let s = &mut *guard;
-        let mut cancelled = s.cancelled_timers.load(Ordering::Relaxed);
-        s.timers.purge_cancelled(py, &mut cancelled, &mut garbage);
-        s.cancelled_timers.store(cancelled, Ordering::Relaxed);
-        let timeout_ms = if !s.ready.is_empty() || s.stopping {
-            0
-        } else if let Some(when) = s.timers.peek_when() {
-            let secs = (when - clock::monotonic()).clamp(0.0, MAX_POLL_SECONDS);
-            (secs * 1000.0).ceil() as i32
-        } else {
-            -1
-        };
-        s.polling = timeout_ms != 0;
-        (s.reactor.epfd(), timeout_ms)
-    };
-    drop(garbage);
+impl LoopCore {
+    /// One iteration of the loop (see the module docs).
+    fn run_once(slf: &Bound<'_, LoopCore>, buf: &mut [libc::epoll_event]) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut garbage: Vec<Py<Handle>> = Vec::new();
 
-    let polled = if timeout_ms == 0 {
-        Reactor::wait(epfd, buf, 0)
-    } else {
-        // A signal that arrived while callbacks ran must not wait for the next event.
-        if let Err(e) = py.check_signals() {
-            st(slf)?.polling = false;
-            return Err(e);
-        }
-        py.allow_threads(|| Reactor::wait(epfd, buf, timeout_ms))
-    };
-    st(slf)?.polling = false;
-    let n = polled.map_err(crate::errors::os_error)?;
-    py.check_signals()?;
-
-    // 3-4: queue I/O callbacks, then due timers.
-    let mut garbage: Vec<Py<Handle>> = Vec::new();
-    let ntodo = {
-        let mut guard = st(slf)?;
-        let s = &mut *guard;
-        let waker_fd = s.waker.fd();
-        for ev in &buf[..n] {
-            let fd = ev.u64 as u32 as RawFd;
-            let events = ev.events;
-            if fd == waker_fd {
-                s.waker.drain();
-                continue;
-            }
-            let Some(entry) = s.reactor.fds.get(&fd) else {
-                continue;
+        // 1-2: purge cancelled timers, compute the poll timeout.
+        let (epfd, timeout_ms, watching) = this.state.with(py, |s| {
+            let mut cancelled = this.cancelled_timers.load(Ordering::Relaxed);
+            s.timers.purge_cancelled(py, &mut cancelled, &mut garbage);
+            this.cancelled_timers.store(cancelled, Ordering::Relaxed);
+            let timeout_ms = if !s.ready.is_empty() || s.stopping {
+                0
+            } else if let Some(when) = s.timers.peek_when() {
+                let secs = (when - clock::monotonic()).clamp(0.0, MAX_POLL_SECONDS);
+                (secs * 1000.0).ceil() as i32
+            } else {
+                -1
             };
-            let reader = entry.reader.as_ref().map(|h| h.clone_ref(py));
-            let writer = entry.writer.as_ref().map(|h| h.clone_ref(py));
-            if event_is_readable(events) {
-                if let Some(h) = reader {
-                    if is_cancelled(py, &h) {
-                        garbage.extend(s.reactor.clear(fd, false));
+            s.polling = timeout_ms != 0;
+            (s.reactor.epfd(), timeout_ms, !s.reactor.fds.is_empty())
+        })?;
+        drop(garbage);
+
+        let n = if timeout_ms == 0 {
+            if watching {
+                Reactor::wait(epfd, buf, 0).map_err(os_error)?
+            } else {
+                0
+            }
+        } else {
+            // A signal that arrived while callbacks ran must not wait for the next event.
+            let polled = match py.check_signals() {
+                Ok(()) => py.allow_threads(|| Reactor::wait(epfd, buf, timeout_ms)),
+                Err(e) => {
+                    this.state.with(py, |s| s.polling = false)?;
+                    return Err(e);
+                }
+            };
+            this.state.with(py, |s| s.polling = false)?;
+            let n = polled.map_err(os_error)?;
+            py.check_signals()?;
+            n
+        };
+
+        // 3-5: queue I/O callbacks and due timers, take this iteration's batch.
+        let mut garbage: Vec<Py<Handle>> = Vec::new();
+        let (mut batch, debug) = this.state.with(py, |s| {
+            let waker_fd = s.waker.fd();
+            for ev in &buf[..n] {
+                let fd = ev.u64 as u32 as RawFd;
+                let events = ev.events;
+                if fd == waker_fd {
+                    s.waker.drain();
+                    continue;
+                }
+                let Some(entry) = s.reactor.fds.get(&fd) else {
+                    continue;
+                };
+                let reader = entry.reader.as_ref().map(|h| h.clone_ref(py));
+                let writer = entry.writer.as_ref().map(|h| h.clone_ref(py));
+                for (h, write, ready) in [
+                    (reader, false, event_is_readable(events)),
+                    (writer, true, event_is_writable(events)),
+                ] {
+                    let Some(h) = h else { continue };
+                    if !ready {
+                        garbage.push(h);
+                    } else if is_cancelled(py, &h) {
+                        garbage.extend(s.reactor.clear(fd, write));
                         garbage.push(h);
                     } else {
                         s.ready.push_back(h);
                     }
                 }
             }
-            if event_is_writable(events) {
-                if let Some(h) = writer {
-                    if is_cancelled(py, &h) {
-                        garbage.extend(s.reactor.clear(fd, true));
-                        garbage.push(h);
-                    } else {
-                        s.ready.push_back(h);
-                    }
+            let end = clock::monotonic() + this.clock_resolution;
+            while let Some(when) = s.timers.peek_when() {
+                if when >= end {
+                    break;
+                }
+                if let Some(e) = s.timers.pop() {
+                    set_unscheduled(py, &e.handle);
+                    s.ready.push_back(e.handle);
                 }
             }
-        }
-        let end = clock::monotonic() + s.clock_resolution;
-        while let Some(when) = s.timers.peek_when() {
-            if when >= end {
+            let mut batch = std::mem::take(&mut s.batch);
+            batch.extend(s.ready.drain(..));
+            (batch, s.debug)
+        })?;
+        drop(garbage);
+
+        let mut result = Ok(());
+        let mut ran = 0;
+        for h in batch.iter() {
+            ran += 1;
+            let hb = h.bind(py);
+            let r = if debug {
+                Self::run_one_debug(slf, hb)
+            } else {
+                run_one(slf, hb)
+            };
+            if let Err(e) = r {
+                result = Err(e);
                 break;
             }
-            if let Some(e) = s.timers.pop() {
-                set_unscheduled(py, &e.handle);
-                s.ready.push_back(e.handle);
+        }
+        // On an escaping exception (KeyboardInterrupt, SystemExit) the callbacks not run yet
+        // stay first in line, as in asyncio.
+        let rest: Vec<Py<Handle>> = batch.drain(ran..).collect();
+        // Dropping the run handles may run finalizers: done here, outside the state.
+        batch.clear();
+        this.state.with(py, |s| {
+            for h in rest.into_iter().rev() {
+                s.ready.push_front(h);
+            }
+            if s.batch.capacity() < batch.capacity() {
+                s.batch = batch;
+            }
+        })?;
+        result
+    }
+
+    /// Debug-mode variant: records `_current_handle` and warns about slow callbacks.
+    fn run_one_debug(slf: &Bound<'_, LoopCore>, hb: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        if is_cancelled(py, &hb.clone().unbind()) {
+            return Ok(());
+        }
+        let _ = slf.setattr(intern!(py, "_current_handle"), hb);
+        let t0 = clock::monotonic();
+        let res = run_one(slf, hb);
+        let dt = clock::monotonic() - t0;
+        let _ = slf.setattr(intern!(py, "_current_handle"), py.None());
+        res?;
+        slf.call_method1(intern!(py, "_check_slow_callback"), (hb, dt))?;
+        Ok(())
+    }
+
+    fn schedule_timer(
+        slf: &Bound<'_, LoopCore>,
+        when: f64,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let debug = this.state.with(py, |s| s.schedule_checks(true))??;
+        check_callback(py, callback, "call_at", debug)?;
+        let base = make_handle(py, callback, args, context, debug, false)?;
+        let h = TimerHandle::create(py, base, when, this.cancelled_timers.clone())?;
+        let entry = h.clone_ref(py);
+        this.state.with(py, |s| s.timers.push(when, entry))?;
+        Ok(h)
+    }
+
+    fn add_io(
+        slf: &Bound<'_, LoopCore>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        write: bool,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let fd = fileobj_to_fd(fd)?;
+        let this = slf.get();
+        let debug = this.state.with(py, |s| s.schedule_checks(false))??;
+        let method = if write { "add_writer" } else { "add_reader" };
+        check_callback(py, callback, method, debug)?;
+        let h = Py::new(py, make_handle(py, callback, args, None, debug, true)?)?;
+        match this.state.with(py, |s| s.reactor.set(fd, h, write))? {
+            Ok(Some(old)) => cancel_handle(py, old.bind(py)),
+            Ok(None) => Ok(()),
+            Err((e, rejected)) => {
+                drop(rejected);
+                Err(os_error(e))
             }
         }
-        s.ready.len()
-    };
-    drop(garbage);
+    }
 
-    // 5: run what was ready when we started.
-    let debug = slf.try_borrow().map(|s| s.debug).unwrap_or(false);
-    for _ in 0..ntodo {
-        let Some(h) = st(slf)?.ready.pop_front() else {
-            break;
-        };
-        let hb = h.bind(py);
-        let res = if debug {
-            run_handle_debug(slf, hb)
-        } else {
-            match run_handle(py, hb) {
-                Ok(()) => Ok(()),
-                Err(e) => handle_callback_error(slf, hb, e),
+    fn remove_io(slf: &Bound<'_, LoopCore>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
+        let py = slf.py();
+        let fd = fileobj_to_fd(fd)?;
+        let old = slf.get().state.with(py, |s| {
+            if s.closed {
+                None
+            } else {
+                s.reactor.clear(fd, write)
             }
-        };
-        release_if_one_shot(hb);
-        res?;
+        })?;
+        match old {
+            Some(h) => {
+                cancel_handle(py, h.bind(py))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
-    Ok(())
-}
-
-/// Debug-mode variant: records `_current_handle` and warns about slow callbacks.
-fn run_handle_debug(slf: &Bound<'_, LoopCore>, hb: &Bound<'_, Handle>) -> PyResult<()> {
-    let py = slf.py();
-    if hb.borrow().cancelled {
-        return Ok(());
-    }
-    let _ = slf.setattr(intern!(py, "_current_handle"), hb);
-    let t0 = clock::monotonic();
-    let res = run_handle(py, hb);
-    let dt = clock::monotonic() - t0;
-    let out = match res {
-        Ok(()) => Ok(()),
-        Err(e) => handle_callback_error(slf, hb, e),
-    };
-    let _ = slf.setattr(intern!(py, "_current_handle"), py.None());
-    out?;
-    slf.call_method1(intern!(py, "_check_slow_callback"), (hb, dt))?;
-    Ok(())
 }
 
 #[pymethods]
 impl LoopCore {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn py_new(
-        _args: &Bound<'_, PyTuple>,
-        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
-    ) -> PyResult<Self> {
-        let reactor = Reactor::new().map_err(crate::errors::os_error)?;
-        let waker = Waker::new().map_err(crate::errors::os_error)?;
-        reactor
-            .add_raw(waker.fd(), READABLE)
-            .map_err(crate::errors::os_error)?;
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let reactor = Reactor::new().map_err(os_error)?;
+        let waker = Waker::new().map_err(os_error)?;
+        reactor.add_raw(waker.fd(), READABLE).map_err(os_error)?;
         Ok(LoopCore {
-            ready: ReadyQueue::with_capacity(64),
-            timers: TimerHeap::default(),
-            reactor,
-            waker,
+            state: GilCell::new(LoopState {
+                ready: ReadyQueue::with_capacity(64),
+                timers: TimerHeap::default(),
+                reactor,
+                waker,
+                stopping: false,
+                running: false,
+                closed: false,
+                debug: false,
+                polling: false,
+                thread_id: 0,
+                batch: Vec::new(),
+            }),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
-            stopping: false,
-            running: false,
-            closed: false,
-            debug: false,
-            polling: false,
-            thread_id: 0,
             clock_resolution: clock::resolution(),
         })
     }
@@ -391,46 +477,39 @@ impl LoopCore {
         clock::monotonic()
     }
 
-    fn get_debug(&self) -> bool {
-        self.debug
+    fn get_debug(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.debug)
     }
 
-    #[pyo3(name = "_set_debug_flag")]
-    fn set_debug_flag(&mut self, enabled: bool) {
-        self.debug = enabled;
+    fn _set_debug_flag(&self, py: Python<'_>, enabled: bool) -> PyResult<()> {
+        self.state.with(py, |s| s.debug = enabled)
     }
 
-    fn is_running(&self) -> bool {
-        self.running
+    fn is_running(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.running)
     }
 
-    fn is_closed(&self) -> bool {
-        self.closed
+    fn is_closed(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.closed)
     }
 
-    fn stop(&mut self) {
-        self.stopping = true;
+    fn stop(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.with(py, |s| s.stopping = true)
     }
 
-    fn _check_closed(&self) -> PyResult<()> {
-        self.check_closed()
-    }
-
-    #[getter]
-    fn _stopping(&self) -> bool {
-        self.stopping
+    fn _check_closed(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.with(py, |s| s.check_closed())?
     }
 
     #[getter]
-    fn _thread_id(&self, py: Python<'_>) -> PyObject {
-        if self.thread_id == 0 {
-            py.None()
-        } else {
-            self.thread_id
-                .into_pyobject(py)
-                .map(|v| v.into_any().unbind())
-                .unwrap_or_else(|_| py.None())
-        }
+    fn _stopping(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.stopping)
+    }
+
+    #[getter]
+    fn _thread_id(&self, py: Python<'_>) -> PyResult<Option<u64>> {
+        self.state
+            .with(py, |s| (s.thread_id != 0).then_some(s.thread_id))
     }
 
     #[getter]
@@ -439,13 +518,13 @@ impl LoopCore {
     }
 
     /// Number of callbacks in the ready queue (diagnostics).
-    fn _ready_count(&self) -> usize {
-        self.ready.len()
+    fn _ready_count(&self, py: Python<'_>) -> PyResult<usize> {
+        self.state.with(py, |s| s.ready.len())
     }
 
     /// Number of timers in the heap, cancelled ones included (diagnostics).
-    fn _timer_count(&self) -> usize {
-        self.timers.len()
+    fn _timer_count(&self, py: Python<'_>) -> PyResult<usize> {
+        self.state.with(py, |s| s.timers.len())
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -456,17 +535,12 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let debug = {
-            let s = slf.try_borrow().map_err(borrow_error)?;
-            s.check_closed()?;
-            if s.debug {
-                s.check_thread()?;
-            }
-            s.debug
-        };
+        let this = slf.get();
+        let debug = this.state.with(py, |s| s.schedule_checks(true))??;
         check_callback(py, callback, "call_soon", debug)?;
-        let h = Py::new(py, make_handle(py, callback, args, context, debug)?)?;
-        st(slf)?.ready.push_back(h.clone_ref(py));
+        let h = Py::new(py, make_handle(py, callback, args, context, debug, false)?)?;
+        let queued = h.clone_ref(py);
+        this.state.with(py, |s| s.ready.push_back(queued))?;
         Ok(h)
     }
 
@@ -478,18 +552,12 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let debug = {
-            let s = slf.try_borrow().map_err(borrow_error)?;
-            s.check_closed()?;
-            s.debug
-        };
+        let this = slf.get();
+        let debug = this.state.with(py, |s| s.schedule_checks(false))??;
         check_callback(py, callback, "call_soon_threadsafe", debug)?;
-        let h = Py::new(py, make_handle(py, callback, args, context, debug)?)?;
-        let mut s = st(slf)?;
-        s.ready.push_back(h.clone_ref(py));
-        if s.polling {
-            s.waker.wake();
-        }
+        let h = Py::new(py, make_handle(py, callback, args, context, debug, false)?)?;
+        let queued = h.clone_ref(py);
+        this.state.with(py, |s| s.push_ready(queued))?;
         Ok(h)
     }
 
@@ -505,7 +573,7 @@ impl LoopCore {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let delay: f64 = delay.extract()?;
-        schedule_timer(slf, clock::monotonic() + delay, callback, args, context)
+        Self::schedule_timer(slf, clock::monotonic() + delay, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -520,7 +588,7 @@ impl LoopCore {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
         let when: f64 = when.extract()?;
-        schedule_timer(slf, when, callback, args, context)
+        Self::schedule_timer(slf, when, callback, args, context)
     }
 
     /// A handle for `callback(*args)` in a copy of the current context, not scheduled
@@ -532,28 +600,22 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let debug = slf.try_borrow().map_err(borrow_error)?.debug;
-        let mut h = make_handle(py, callback, args, None, debug)?;
-        h.persistent = true;
-        Py::new(py, h)
+        let debug = slf.get().state.with(py, |s| s.debug)?;
+        Py::new(py, make_handle(py, callback, args, None, debug, true)?)
     }
 
     /// Queues an existing handle (asyncio's private `_add_callback`), waking a polling loop.
     fn _add_callback(slf: &Bound<'_, Self>, handle: Py<Handle>) -> PyResult<()> {
-        let mut s = st(slf)?;
-        if s.closed {
-            return Ok(());
-        }
-        s.ready.push_back(handle);
-        if s.polling {
-            s.waker.wake();
-        }
-        Ok(())
+        slf.get().state.with(slf.py(), |s| {
+            if !s.closed {
+                s.push_ready(handle);
+            }
+        })
     }
 
     /// Wakes the loop if it is blocked in a poll (asyncio's private `_write_to_self`).
-    fn _write_to_self(&self) {
-        self.waker.wake();
+    fn _write_to_self(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.with(py, |s| s.waker.wake())
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -563,7 +625,7 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        add_io(slf, fd, callback, args, false)
+        Self::add_io(slf, fd, callback, args, false)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -573,36 +635,38 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        add_io(slf, fd, callback, args, true)
+        Self::add_io(slf, fd, callback, args, true)
     }
 
     fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        remove_io(slf, fd, false)
+        Self::remove_io(slf, fd, false)
     }
 
     fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        remove_io(slf, fd, true)
+        Self::remove_io(slf, fd, true)
     }
 
     /// Whether `fd` has a reader (`write=False`) or writer callback registered.
     #[pyo3(signature = (fd, write=false))]
     fn _has_io(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
         let fd = fileobj_to_fd(fd)?;
-        let s = slf.try_borrow().map_err(borrow_error)?;
-        Ok(s.reactor.fds.get(&fd).is_some_and(|e| {
-            if write {
-                e.writer.is_some()
-            } else {
-                e.reader.is_some()
-            }
-        }))
+        slf.get().state.with(slf.py(), |s| {
+            s.reactor.fds.get(&fd).is_some_and(|e| {
+                if write {
+                    e.writer.is_some()
+                } else {
+                    e.reader.is_some()
+                }
+            })
+        })
     }
 
     /// Runs iterations until `stop()` is called. The Python side wraps this with the
     /// per-run setup (running-loop registration, async generator hooks).
     fn _run_forever_native(slf: &Bound<'_, Self>) -> PyResult<()> {
-        {
-            let mut s = st(slf)?;
+        let py = slf.py();
+        let this = slf.get();
+        this.state.with(py, |s| -> PyResult<()> {
             s.check_closed()?;
             if s.running {
                 return Err(PyRuntimeError::new_err(
@@ -611,22 +675,24 @@ impl LoopCore {
             }
             s.running = true;
             s.thread_id = current_thread_id();
-        }
+            Ok(())
+        })??;
         let mut buf = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_POLL];
         let res = loop {
-            if let Err(e) = run_once_impl(slf, &mut buf) {
+            if let Err(e) = Self::run_once(slf, &mut buf) {
                 break Err(e);
             }
-            match slf.try_borrow() {
-                Ok(s) if !s.stopping => {}
-                _ => break Ok(()),
+            match this.state.with(py, |s| s.stopping) {
+                Ok(false) => {}
+                Ok(true) => break Ok(()),
+                Err(e) => break Err(e),
             }
         };
-        if let Ok(mut s) = slf.try_borrow_mut() {
+        let _ = this.state.with(py, |s| {
             s.stopping = false;
             s.running = false;
             s.thread_id = 0;
-        }
+        });
         res
     }
 
@@ -634,125 +700,49 @@ impl LoopCore {
     /// step by step.
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let mut buf = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_POLL];
-        run_once_impl(slf, &mut buf)
+        Self::run_once(slf, &mut buf)
     }
 
     /// Releases the native resources: drops pending callbacks and timers, closes the epoll
     /// and eventfd descriptors. Idempotent.
     fn _close_native(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (ready, timers, io) = {
-            let mut s = st(slf)?;
+        let this = slf.get();
+        let released = this.state.with(py, |s| -> PyResult<_> {
             if s.running {
                 return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
             }
-            if s.reactor.is_closed() {
-                s.closed = true;
-                return Ok(());
-            }
             s.closed = true;
+            if s.reactor.is_closed() {
+                return Ok(None);
+            }
             let ready: Vec<Py<Handle>> = s.ready.drain(..).collect();
             let timers = s.timers.drain();
             let io = s.reactor.close();
             s.waker.close();
-            s.cancelled_timers.store(0, Ordering::Relaxed);
-            (ready, timers, io)
-        };
-        for t in &timers {
-            set_unscheduled(py, t);
+            Ok(Some((ready, timers, io)))
+        })??;
+        this.cancelled_timers.store(0, Ordering::Relaxed);
+        if let Some((ready, timers, io)) = released {
+            for t in &timers {
+                set_unscheduled(py, t);
+            }
+            drop(ready);
+            drop(timers);
+            drop(io);
         }
-        drop(ready);
-        drop(timers);
-        drop(io);
         Ok(())
     }
 
     /// Marks the loop closed without releasing resources (used by `close()` before it shuts
     /// the executor down, as asyncio orders it).
-    fn _mark_closed(&mut self) -> PyResult<()> {
-        if self.running {
-            return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
-        }
-        self.closed = true;
-        Ok(())
-    }
-}
-
-fn schedule_timer(
-    slf: &Bound<'_, LoopCore>,
-    when: f64,
-    callback: &Bound<'_, PyAny>,
-    args: &Bound<'_, PyTuple>,
-    context: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Py<Handle>> {
-    let py = slf.py();
-    let (debug, counter) = {
-        let s = slf.try_borrow().map_err(borrow_error)?;
-        s.check_closed()?;
-        if s.debug {
-            s.check_thread()?;
-        }
-        (s.debug, s.cancelled_timers.clone())
-    };
-    check_callback(py, callback, "call_at", debug)?;
-    let base = make_handle(py, callback, args, context, debug)?;
-    let h = TimerHandle::create(py, base, when, counter)?;
-    if let Ok(mut b) = h.bind(py).try_borrow_mut() {
-        b.scheduled = true;
-    }
-    st(slf)?.timers.push(when, h.clone_ref(py));
-    Ok(h)
-}
-
-fn add_io(
-    slf: &Bound<'_, LoopCore>,
-    fd: &Bound<'_, PyAny>,
-    callback: &Bound<'_, PyAny>,
-    args: &Bound<'_, PyTuple>,
-    write: bool,
-) -> PyResult<()> {
-    let py = slf.py();
-    let fd = fileobj_to_fd(fd)?;
-    let debug = {
-        let s = slf.try_borrow().map_err(borrow_error)?;
-        s.check_closed()?;
-        s.debug
-    };
-    let method = if write { "add_writer" } else { "add_reader" };
-    check_callback(py, callback, method, debug)?;
-    let mut h = make_handle(py, callback, args, None, debug)?;
-    h.persistent = true;
-    let h = Py::new(py, h)?;
-    let res = st(slf)?.reactor.set(fd, h, write);
-    match res {
-        Ok(old) => {
-            if let Some(old) = old {
-                Handle::cancel(old.bind(py))?;
+    fn _mark_closed(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.with(py, |s| {
+            if s.running {
+                return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
             }
+            s.closed = true;
             Ok(())
-        }
-        Err((e, rejected)) => {
-            drop(rejected);
-            Err(crate::errors::os_error(e))
-        }
-    }
-}
-
-fn remove_io(slf: &Bound<'_, LoopCore>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
-    let py = slf.py();
-    let fd = fileobj_to_fd(fd)?;
-    let old = {
-        let mut s = st(slf)?;
-        if s.closed {
-            return Ok(false);
-        }
-        s.reactor.clear(fd, write)
-    };
-    match old {
-        Some(h) => {
-            Handle::cancel(h.bind(py))?;
-            Ok(true)
-        }
-        None => Ok(false),
+        })?
     }
 }

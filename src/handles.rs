@@ -9,11 +9,11 @@
 //!
 //! Handles are not tracked by Python's cyclic GC: with one allocated per `call_soon`, tracking
 //! them made the collector a large share of the loop's time. They cannot keep a cycle alive
-//! either: a one-shot handle drops its callback and arguments as soon as it has run (or is
-//! cancelled), so a cycle through a handle exists only while the loop itself holds the handle.
+//! either: a one-shot handle gives up its callback and arguments when it runs (or is cancelled),
+//! so a cycle through a handle exists only while the loop itself holds the handle.
 //!
 //! `TimerHandle` is a subclass (so `isinstance(timer, Handle)` holds, as in asyncio) whose data
-//! lives in the shared `Handle` struct: the loop's timer heap never needs to touch the subclass.
+//! lives in the shared `Handle` state: the loop's timer heap never needs to touch the subclass.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,10 +23,10 @@ use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyFloat, PyTuple};
 
+use crate::gilcell::GilCell;
 use crate::pyhelpers;
 
-#[pyclass(subclass, module = "ferroloop", name = "Handle")]
-pub struct Handle {
+pub struct HandleState {
     pub(crate) callback: Option<PyObject>,
     pub(crate) args: Option<Py<PyTuple>>,
     pub(crate) context: Option<PyObject>,
@@ -36,7 +36,7 @@ pub struct Handle {
     /// In debug mode asyncio keeps the handle's repr from the moment it was cancelled.
     pub(crate) repr_at_cancel: Option<PyObject>,
     pub(crate) debug: bool,
-    /// Reader, writer and signal handles run many times; the others run once and then drop
+    /// Reader, writer and signal handles run many times; the others run once and then give up
     /// their callback and arguments (see the module docs).
     pub(crate) persistent: bool,
     // --- timer part (unused for plain handles) ---
@@ -47,6 +47,11 @@ pub struct Handle {
     pub(crate) cancelled_timers: Option<Arc<AtomicUsize>>,
 }
 
+#[pyclass(subclass, frozen, module = "ferroloop", name = "Handle")]
+pub struct Handle {
+    pub(crate) state: GilCell<HandleState>,
+}
+
 impl Handle {
     pub(crate) fn new(
         callback: PyObject,
@@ -54,26 +59,33 @@ impl Handle {
         context: PyObject,
         source_traceback: Option<PyObject>,
         debug: bool,
+        persistent: bool,
     ) -> Self {
         Handle {
-            callback: Some(callback),
-            args: Some(args),
-            context: Some(context),
-            cancelled: false,
-            source_traceback,
-            repr_at_cancel: None,
-            debug,
-            persistent: false,
-            is_timer: false,
-            when: 0.0,
-            scheduled: false,
-            cancelled_timers: None,
+            state: GilCell::new(HandleState {
+                callback: Some(callback),
+                args: Some(args),
+                context: Some(context),
+                cancelled: false,
+                source_traceback,
+                repr_at_cancel: None,
+                debug,
+                persistent,
+                is_timer: false,
+                when: 0.0,
+                scheduled: false,
+                cancelled_timers: None,
+            }),
         }
     }
+}
 
-    /// Marks the handle cancelled and drops what it holds. Returns the dropped references so
-    /// the caller can release them after any borrow is gone (their finalizers may run Python).
-    fn cancel_inner(&mut self) -> (Option<PyObject>, Option<Py<PyTuple>>) {
+type Released = (Option<PyObject>, Option<Py<PyTuple>>);
+
+impl HandleState {
+    /// Marks the handle cancelled and gives up what it holds. The caller drops the returned
+    /// references after leaving the cell (their finalizers may run Python code).
+    fn cancel(&mut self) -> Released {
         if self.cancelled {
             return (None, None);
         }
@@ -87,194 +99,238 @@ impl Handle {
     }
 }
 
-/// Runs a handle: enter its context, call `callback(*args)`, leave the context.
-/// A cancelled handle does nothing. The callback's exception is returned as the error.
-pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<()> {
-    let (cb, args, ctx) = {
-        let b = h.borrow();
-        if b.cancelled {
-            return Ok(());
-        }
-        match (&b.callback, &b.args, &b.context) {
-            (Some(cb), Some(args), Some(ctx)) => {
-                (cb.clone_ref(py), args.clone_ref(py), ctx.clone_ref(py))
-            }
-            _ => return Ok(()),
-        }
-    };
-    // SAFETY: `ctx` is a live reference we own for the duration of this function. The
-    // context type is checked when the handle is created; PyContext_Enter reports misuse
-    // (already entered) as a Python exception, which we fetch.
-    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
-        return Err(PyErr::fetch(py));
-    }
-    // SAFETY: `cb` and `args` are owned references kept alive across the call; a NULL result
-    // means an exception is set, which we fetch right away.
-    let res = unsafe { ffi::PyObject_Call(cb.as_ptr(), args.as_ptr(), std::ptr::null_mut()) };
-    let out = if res.is_null() {
-        Err(PyErr::fetch(py))
-    } else {
-        // SAFETY: `res` is a new, non-NULL reference that we own and release here.
-        unsafe { ffi::Py_DECREF(res) };
-        Ok(())
-    };
-    // SAFETY: we entered `ctx` above on this thread; exiting with a pending exception is fine
-    // because `out` already holds it (fetched, so none is set now).
-    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } != 0 {
-        let exit_err = PyErr::fetch(py);
-        if out.is_ok() {
-            return Err(exit_err);
-        }
-    }
-    out
+pub(crate) fn is_cancelled(py: Python<'_>, h: &Py<Handle>) -> bool {
+    h.get().state.try_with(py, |s| s.cancelled).unwrap_or(false)
 }
 
-/// After a one-shot handle has run (and any error was reported), drop its callback and
-/// arguments (see the module docs). Taken out under the borrow, released after it.
-pub(crate) fn release_if_one_shot(h: &Bound<'_, Handle>) {
-    let released = match h.try_borrow_mut() {
-        Ok(mut b) if !b.persistent => Some((b.callback.take(), b.args.take())),
-        _ => None,
+/// Cancels a handle (asyncio's `Handle.cancel`).
+pub(crate) fn cancel_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<()> {
+    let (cancelled, debug) = h.get().state.with(py, |s| (s.cancelled, s.debug))?;
+    if cancelled {
+        return Ok(());
+    }
+    // In debug mode asyncio remembers the repr of a cancelled handle, for error messages.
+    let repr = if debug {
+        Some(pyhelpers::format_handle(py, h.as_any())?)
+    } else {
+        None
     };
+    let released = h.get().state.with(py, |s| {
+        if repr.is_some() {
+            s.repr_at_cancel = repr;
+        }
+        s.cancel()
+    })?;
     drop(released);
+    Ok(())
+}
+
+/// What running a handle produced.
+pub(crate) enum RunOutcome {
+    /// Ran (or was cancelled / empty): nothing to report.
+    Done,
+    /// The callback raised; the handle has its callback and arguments back so that the error
+    /// report can describe it. Call [`release_after_error`] once reported.
+    Raised(PyErr),
+}
+
+/// Runs a handle: enter its context, call `callback(*args)`, leave the context.
+pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunOutcome> {
+    // One-shot handles hand their callback and arguments over (no reference count traffic);
+    // persistent ones lend clones.
+    let taken = h.get().state.with(py, |s| {
+        if s.cancelled {
+            return None;
+        }
+        let ctx = s.context.as_ref()?.clone_ref(py);
+        if s.persistent {
+            Some((
+                s.callback.as_ref()?.clone_ref(py),
+                s.args.as_ref()?.clone_ref(py),
+                ctx,
+            ))
+        } else {
+            Some((s.callback.take()?, s.args.take()?, ctx))
+        }
+    })?;
+    let Some((cb, args, ctx)) = taken else {
+        return Ok(RunOutcome::Done);
+    };
+    // SAFETY: `ctx` is a live reference owned for this whole function. A non-Context object is
+    // reported by PyContext_Enter as a TypeError (it checks the type); a context that is
+    // already entered as a RuntimeError. Either way the exception is set and fetched here.
+    let result = if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
+        Err(PyErr::fetch(py))
+    } else {
+        // SAFETY: `cb` and `args` are owned references kept alive across the call; a NULL
+        // result means an exception is set, which is fetched right away.
+        let res = unsafe { ffi::PyObject_Call(cb.as_ptr(), args.as_ptr(), std::ptr::null_mut()) };
+        let out = if res.is_null() {
+            Err(PyErr::fetch(py))
+        } else {
+            // SAFETY: `res` is a new, non-NULL reference that we own and release here.
+            unsafe { ffi::Py_DECREF(res) };
+            Ok(())
+        };
+        // SAFETY: `ctx` was entered above on this thread and no exception is pending (any
+        // error was fetched into `out`).
+        if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } != 0 {
+            let exit_err = PyErr::fetch(py);
+            out.and(Err(exit_err))
+        } else {
+            out
+        }
+    };
+    match result {
+        Ok(()) => Ok(RunOutcome::Done),
+        Err(err) => {
+            // Give the callback back so the report (message, repr) can name it.
+            let _ = h.get().state.with(py, |s| {
+                if s.callback.is_none() && !s.cancelled {
+                    s.callback = Some(cb);
+                    s.args = Some(args);
+                }
+            });
+            Ok(RunOutcome::Raised(err))
+        }
+    }
+}
+
+/// After the error of a one-shot handle was reported, release its callback and arguments.
+pub(crate) fn release_after_error(py: Python<'_>, h: &Bound<'_, Handle>) {
+    let released = h.get().state.try_with(py, |s| {
+        if s.persistent {
+            (None, None)
+        } else {
+            (s.callback.take(), s.args.take())
+        }
+    });
+    drop(released);
+}
+
+fn opt(py: Python<'_>, v: &Option<PyObject>) -> PyObject {
+    v.as_ref().map_or_else(|| py.None(), |c| c.clone_ref(py))
 }
 
 #[pymethods]
 impl Handle {
-    pub(crate) fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let debug = {
-            let b = slf.borrow();
-            if b.cancelled {
-                return Ok(());
-            }
-            b.debug
-        };
-        let repr = if debug {
-            // asyncio keeps the repr of a cancelled handle in debug mode, for error messages.
-            Some(pyhelpers::format_handle(py, slf.as_any())?)
-        } else {
-            None
-        };
-        let dropped = {
-            let mut b = slf.borrow_mut();
-            if repr.is_some() {
-                b.repr_at_cancel = repr;
-            }
-            b.cancel_inner()
-        };
-        drop(dropped);
-        Ok(())
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        cancel_handle(slf.py(), slf)
     }
 
-    fn cancelled(&self) -> bool {
-        self.cancelled
+    fn cancelled(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.cancelled)
     }
 
-    fn get_context(&self, py: Python<'_>) -> PyObject {
-        match &self.context {
-            Some(c) => c.clone_ref(py),
-            None => py.None(),
+    fn get_context(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.state.with(py, |s| opt(py, &s.context))
+    }
+
+    /// Runs the callback now. The loop reports errors to its exception handler; a direct
+    /// call (asyncio's private `_run`) raises them instead.
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        match run_handle(slf.py(), slf)? {
+            RunOutcome::Done => Ok(()),
+            RunOutcome::Raised(e) => {
+                release_after_error(slf.py(), slf);
+                Err(e)
+            }
         }
     }
 
-    /// Runs the callback now, reporting nothing (asyncio's private `_run` reports errors to the
-    /// loop; tools that call it directly get the exception raised instead).
-    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
-        run_handle(slf.py(), slf)
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.state.with(py, |s| opt(py, &s.callback))
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> PyObject {
-        self.callback
-            .as_ref()
-            .map_or_else(|| py.None(), |c| c.clone_ref(py))
+    fn _args(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.state.with(py, |s| {
+            s.args
+                .as_ref()
+                .map_or_else(|| py.None(), |c| c.clone_ref(py).into_any())
+        })
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> PyObject {
-        self.args
-            .as_ref()
-            .map_or_else(|| py.None(), |c| c.clone_ref(py).into_any())
+    fn _cancelled(&self, py: Python<'_>) -> PyResult<bool> {
+        self.cancelled(py)
     }
 
     #[getter]
-    fn _cancelled(&self) -> bool {
-        self.cancelled
-    }
-
-    #[getter]
-    fn _context(&self, py: Python<'_>) -> PyObject {
+    fn _context(&self, py: Python<'_>) -> PyResult<PyObject> {
         self.get_context(py)
     }
 
     #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> PyObject {
-        self.source_traceback
-            .as_ref()
-            .map_or_else(|| py.None(), |c| c.clone_ref(py))
+    fn _source_traceback(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.state.with(py, |s| opt(py, &s.source_traceback))
     }
 
     #[getter]
-    fn _repr(&self, py: Python<'_>) -> PyObject {
-        self.repr_at_cancel
-            .as_ref()
-            .map_or_else(|| py.None(), |c| c.clone_ref(py))
+    fn _repr(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.state.with(py, |s| opt(py, &s.repr_at_cancel))
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        let py = slf.py();
         let cached = slf
-            .borrow()
-            .repr_at_cancel
-            .as_ref()
-            .map(|r| r.clone_ref(slf.py()));
-        if let Some(r) = cached {
-            return Ok(r);
+            .get()
+            .state
+            .with(py, |s| s.repr_at_cancel.as_ref().map(|r| r.clone_ref(py)))?;
+        match cached {
+            Some(r) => Ok(r),
+            None => pyhelpers::format_handle(py, slf.as_any()),
         }
-        pyhelpers::format_handle(slf.py(), slf.as_any())
     }
 }
 
 /// `asyncio.TimerHandle`'s counterpart: a handle with a deadline.
-#[pyclass(extends = Handle, module = "ferroloop", name = "TimerHandle")]
+#[pyclass(extends = Handle, frozen, module = "ferroloop", name = "TimerHandle")]
 pub struct TimerHandle;
 
 impl TimerHandle {
     pub(crate) fn create(
         py: Python<'_>,
-        mut base: Handle,
+        base: Handle,
         when: f64,
         counter: Arc<AtomicUsize>,
     ) -> PyResult<Py<Handle>> {
-        base.is_timer = true;
-        base.when = when;
-        base.cancelled_timers = Some(counter);
+        base.state.with(py, |s| {
+            s.is_timer = true;
+            s.when = when;
+            s.scheduled = true;
+            s.cancelled_timers = Some(counter);
+        })?;
         let init = PyClassInitializer::from(base).add_subclass(TimerHandle);
         let obj = Bound::new(py, init)?;
         Ok(obj.into_super().unbind())
     }
 }
 
+fn when_of(h: &Bound<'_, TimerHandle>) -> PyResult<f64> {
+    h.as_super().get().state.with(h.py(), |s| s.when)
+}
+
 #[pymethods]
 impl TimerHandle {
-    fn when(slf: PyRef<'_, Self>) -> f64 {
-        slf.as_super().when
+    fn when(slf: &Bound<'_, Self>) -> PyResult<f64> {
+        when_of(slf)
     }
 
     #[getter]
-    fn _when(slf: PyRef<'_, Self>) -> f64 {
-        slf.as_super().when
+    fn _when(slf: &Bound<'_, Self>) -> PyResult<f64> {
+        when_of(slf)
     }
 
     #[getter]
-    fn _scheduled(slf: PyRef<'_, Self>) -> bool {
-        slf.as_super().scheduled
+    fn _scheduled(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        slf.as_super().get().state.with(slf.py(), |s| s.scheduled)
     }
 
-    fn __hash__(slf: PyRef<'_, Self>) -> PyResult<isize> {
+    fn __hash__(slf: &Bound<'_, Self>) -> PyResult<isize> {
         // Same hash as the float `when`, like asyncio's `hash(self._when)`.
-        let w = slf.as_super().when;
-        PyFloat::new(slf.py(), w).hash()
+        PyFloat::new(slf.py(), when_of(slf)?).hash()
     }
 
     fn __richcmp__(
@@ -286,25 +342,30 @@ impl TimerHandle {
         let Ok(other) = other.downcast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
         };
-        let a = slf.as_super().borrow();
-        let b = other.as_super().borrow();
+        let (a, b) = (when_of(slf)?, when_of(other)?);
         let res = match op {
-            CompareOp::Lt => a.when < b.when,
-            CompareOp::Le => a.when <= b.when,
-            CompareOp::Gt => a.when > b.when,
-            CompareOp::Ge => a.when >= b.when,
+            CompareOp::Lt => a < b,
+            CompareOp::Le => a <= b,
+            CompareOp::Gt => a > b,
+            CompareOp::Ge => a >= b,
             CompareOp::Eq | CompareOp::Ne => {
-                let same_cb = match (&a.callback, &b.callback) {
-                    (Some(x), Some(y)) => x.bind(py).eq(y.bind(py))?,
-                    (None, None) => true,
-                    _ => false,
+                let parts = |h: &Bound<'_, TimerHandle>| {
+                    h.as_super().get().state.with(py, |s| {
+                        (
+                            opt(py, &s.callback),
+                            s.args
+                                .as_ref()
+                                .map_or_else(|| py.None(), |c| c.clone_ref(py).into_any()),
+                            s.cancelled,
+                        )
+                    })
                 };
-                let same_args = match (&a.args, &b.args) {
-                    (Some(x), Some(y)) => x.bind(py).eq(y.bind(py))?,
-                    (None, None) => true,
-                    _ => false,
-                };
-                let eq = a.when == b.when && same_cb && same_args && a.cancelled == b.cancelled;
+                let (cb_a, args_a, c_a) = parts(slf)?;
+                let (cb_b, args_b, c_b) = parts(other)?;
+                let eq = a == b
+                    && c_a == c_b
+                    && cb_a.bind(py).eq(cb_b.bind(py))?
+                    && args_a.bind(py).eq(args_b.bind(py))?;
                 if matches!(op, CompareOp::Eq) {
                     eq
                 } else {

@@ -6,6 +6,7 @@
 //! - [`reactor`]: the epoll instance and the registry of watched fds;
 //! - [`waker`]: the eventfd that wakes a polling loop from other threads;
 //! - [`scheduler`]: the ready queue and the timer heap;
+//! - [`gilcell`]: GIL-guarded interior mutability for the native state;
 //! - [`handles`]: `Handle`/`TimerHandle`, and how a callback runs in its context;
 //! - [`event_loop`]: `LoopCore`, the iteration and the scheduling API;
 //! - [`pyhelpers`]: cached Python helpers used on cold paths (reprs, debug stacks).
@@ -15,6 +16,7 @@ use pyo3::prelude::*;
 mod clock;
 mod errors;
 mod event_loop;
+mod gilcell;
 mod handles;
 mod pyhelpers;
 mod reactor;

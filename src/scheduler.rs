@@ -93,15 +93,7 @@ impl TimerHeap {
             let old = std::mem::take(&mut self.heap).into_vec();
             let mut keep = Vec::with_capacity(n - (*cancelled).min(n));
             for e in old {
-                let dead = {
-                    let mut h = e.handle.bind(py).borrow_mut();
-                    if h.cancelled {
-                        h.scheduled = false;
-                        true
-                    } else {
-                        false
-                    }
-                };
+                let dead = take_if_cancelled(py, &e.handle);
                 if dead {
                     garbage.push(e.handle);
                 } else {
@@ -112,15 +104,7 @@ impl TimerHeap {
             *cancelled = 0;
         } else {
             while let Some(top) = self.heap.peek() {
-                let dead = {
-                    let mut h = top.handle.bind(py).borrow_mut();
-                    if h.cancelled {
-                        h.scheduled = false;
-                        true
-                    } else {
-                        false
-                    }
-                };
+                let dead = take_if_cancelled(py, &top.handle);
                 if !dead {
                     break;
                 }
@@ -131,6 +115,19 @@ impl TimerHeap {
             }
         }
     }
+}
+
+/// True (and the timer marked unscheduled) if the timer was cancelled.
+fn take_if_cancelled(py: Python<'_>, h: &Py<Handle>) -> bool {
+    h.get()
+        .state
+        .try_with(py, |s| {
+            if s.cancelled {
+                s.scheduled = false;
+            }
+            s.cancelled
+        })
+        .unwrap_or(false)
 }
 
 /// FIFO of handles ready to run.
