@@ -28,8 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{
-    PyAttributeError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError,
-    PyValueError,
+    PyAttributeError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
 };
 use pyo3::ffi;
 use pyo3::intern;
@@ -68,6 +67,8 @@ struct LoopState {
     thread_id: u64,
     /// Reused buffer for the callbacks of one iteration.
     batch: Vec<Py<Handle>>,
+    /// `set_task_factory`'s factory.
+    task_factory: Option<PyObject>,
 }
 
 impl LoopState {
@@ -466,6 +467,7 @@ impl LoopCore {
                 polling: false,
                 thread_id: 0,
                 batch: Vec::new(),
+                task_factory: None,
             }),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
             clock_resolution: clock::resolution(),
@@ -589,6 +591,95 @@ impl LoopCore {
         }
         let when: f64 = when.extract()?;
         Self::schedule_timer(slf, when, callback, args, context)
+    }
+
+    /// `asyncio.Future(loop=self)`.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let kw = pyhelpers::task_kwnames(py, false, false)?;
+        pyhelpers::vectorcall(&pyhelpers::future_type(py)?, &[slf.as_any()], Some(&kw))
+    }
+
+    /// `asyncio.Task(coro, loop=self, name=name, context=context)`, or the task factory's
+    /// result, as asyncio's `create_task` does it.
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let name = name.filter(|n| !n.is_none());
+        let context = context.filter(|c| !c.is_none());
+        let (factory, debug) = slf.get().state.with(py, |s| -> PyResult<_> {
+            s.check_closed()?;
+            Ok((s.task_factory.as_ref().map(|f| f.clone_ref(py)), s.debug))
+        })??;
+        match factory {
+            None => {
+                let kw = pyhelpers::task_kwnames(py, name.is_some(), context.is_some())?;
+                let mut args: Vec<&Bound<'py, PyAny>> = vec![coro, slf.as_any()];
+                args.extend(name);
+                args.extend(context);
+                let task = pyhelpers::vectorcall(&pyhelpers::task_type(py)?, &args, Some(&kw))?;
+                if debug {
+                    // Drop the frame of this call from the creation stack, as asyncio does.
+                    let tb = task.getattr(intern!(py, "_source_traceback"))?;
+                    if tb.is_truthy()? {
+                        tb.del_item(-1)?;
+                    }
+                }
+                Ok(task)
+            }
+            Some(factory) => {
+                let factory = factory.bind(py);
+                let task = match context {
+                    None => pyhelpers::vectorcall(factory, &[slf.as_any(), coro], None)?,
+                    Some(ctx) => {
+                        let kw = pyhelpers::context_kwnames(py)?;
+                        pyhelpers::vectorcall(factory, &[slf.as_any(), coro, ctx], Some(&kw))?
+                    }
+                };
+                if let Some(name) = name {
+                    match task.getattr(intern!(py, "set_name")) {
+                        Ok(set_name) => {
+                            set_name.call1((name,))?;
+                        }
+                        Err(e) if e.is_instance_of::<PyAttributeError>(py) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(task)
+            }
+        }
+    }
+
+    fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {
+        let factory = if factory.is_none() {
+            None
+        } else if factory.is_callable() {
+            Some(factory.clone().unbind())
+        } else {
+            return Err(PyTypeError::new_err(
+                "task factory must be a callable or None",
+            ));
+        };
+        let old = self
+            .state
+            .with(py, |s| std::mem::replace(&mut s.task_factory, factory))?;
+        drop(old);
+        Ok(())
+    }
+
+    fn get_task_factory(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+        self.state
+            .with(py, |s| s.task_factory.as_ref().map(|f| f.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _task_factory(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+        self.get_task_factory(py)
     }
 
     /// A handle for `callback(*args)` in a copy of the current context, not scheduled

@@ -1,9 +1,14 @@
 //! Cached references to the Python-side helpers the native code calls on cold paths:
 //! formatting handles for reprs and error messages, capturing creation stacks in debug mode,
-//! and asyncio's coroutine checks. Hot paths never go through here.
+//! and asyncio's coroutine checks; plus the lookups and the vectorcall helper the hot task and
+//! future constructors use.
 
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyString, PyTuple};
 
 static FORMAT_HANDLE: GILOnceCell<PyObject> = GILOnceCell::new();
 static EXTRACT_STACK: GILOnceCell<PyObject> = GILOnceCell::new();
@@ -39,4 +44,100 @@ pub fn is_coroutine_like(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<boo
     helper(py, &IS_COROUTINE_LIKE, "is_coroutine_like")?
         .call1((obj,))?
         .is_truthy()
+}
+
+static TASKS_MODULE: GILOnceCell<PyObject> = GILOnceCell::new();
+static FUTURES_MODULE: GILOnceCell<PyObject> = GILOnceCell::new();
+static KW_LOOP: GILOnceCell<Py<PyTuple>> = GILOnceCell::new();
+static KW_LOOP_NAME: GILOnceCell<Py<PyTuple>> = GILOnceCell::new();
+static KW_LOOP_CONTEXT: GILOnceCell<Py<PyTuple>> = GILOnceCell::new();
+static KW_LOOP_NAME_CONTEXT: GILOnceCell<Py<PyTuple>> = GILOnceCell::new();
+static KW_CONTEXT: GILOnceCell<Py<PyTuple>> = GILOnceCell::new();
+
+fn module_attr<'py>(
+    py: Python<'py>,
+    cell: &'static GILOnceCell<PyObject>,
+    module: &str,
+    attr: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let m = cell.get_or_try_init(py, || -> PyResult<PyObject> {
+        Ok(py.import(module)?.into_any().unbind())
+    })?;
+    // Looked up on every call, like asyncio does (`tasks.Task`), so that patching the module
+    // attribute keeps working.
+    m.bind(py).getattr(attr)
+}
+
+/// `asyncio.tasks.Task`.
+pub fn task_type(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    module_attr(py, &TASKS_MODULE, "asyncio.tasks", intern!(py, "Task"))
+}
+
+/// `asyncio.futures.Future`.
+pub fn future_type(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    module_attr(
+        py,
+        &FUTURES_MODULE,
+        "asyncio.futures",
+        intern!(py, "Future"),
+    )
+}
+
+fn kwnames<'py>(
+    py: Python<'py>,
+    cell: &'static GILOnceCell<Py<PyTuple>>,
+    names: &[&str],
+) -> PyResult<Bound<'py, PyTuple>> {
+    let t = cell.get_or_try_init(py, || -> PyResult<Py<PyTuple>> {
+        let items: Vec<Bound<'py, PyString>> =
+            names.iter().map(|n| PyString::intern(py, n)).collect();
+        Ok(PyTuple::new(py, items)?.unbind())
+    })?;
+    Ok(t.bind(py).clone())
+}
+
+/// Keyword names for `Task(coro, loop=..., [name=...], [context=...])`.
+pub fn task_kwnames(py: Python<'_>, name: bool, context: bool) -> PyResult<Bound<'_, PyTuple>> {
+    match (name, context) {
+        (false, false) => kwnames(py, &KW_LOOP, &["loop"]),
+        (true, false) => kwnames(py, &KW_LOOP_NAME, &["loop", "name"]),
+        (false, true) => kwnames(py, &KW_LOOP_CONTEXT, &["loop", "context"]),
+        (true, true) => kwnames(py, &KW_LOOP_NAME_CONTEXT, &["loop", "name", "context"]),
+    }
+}
+
+/// Keyword names `("context",)`.
+pub fn context_kwnames(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    kwnames(py, &KW_CONTEXT, &["context"])
+}
+
+/// `callable(*args[..n], **dict(zip(kwnames, args[n..])))` through the vectorcall protocol,
+/// without building a tuple or a dict.
+pub fn vectorcall<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &[&Bound<'py, PyAny>],
+    kwnames: Option<&Bound<'py, PyTuple>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = callable.py();
+    const MAX: usize = 7;
+    let nkw = kwnames.map_or(0, |k| k.len());
+    if args.len() > MAX || nkw > args.len() {
+        return Err(PyRuntimeError::new_err(
+            "ferroloop: internal vectorcall misuse",
+        ));
+    }
+    // Slot 0 is scratch space the callee may use (PY_VECTORCALL_ARGUMENTS_OFFSET).
+    let mut ptrs: [*mut ffi::PyObject; MAX + 1] = [std::ptr::null_mut(); MAX + 1];
+    for (i, a) in args.iter().enumerate() {
+        ptrs[i + 1] = a.as_ptr();
+    }
+    let nargs = (args.len() - nkw) | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET;
+    let kw = kwnames.map_or(std::ptr::null_mut(), |k| k.as_ptr());
+    // SAFETY: `ptrs[1..=args.len()]` hold borrowed references kept alive by `args` for the
+    // whole call; slot 0 is writable scratch as the offset flag promises; `kw` is NULL or a
+    // tuple of interned strings whose length matches the trailing arguments.
+    let res =
+        unsafe { ffi::PyObject_Vectorcall(callable.as_ptr(), ptrs.as_ptr().add(1), nargs, kw) };
+    // SAFETY: a non-NULL result is a new reference we now own; NULL means an exception is set.
+    unsafe { Bound::from_owned_ptr_or_err(py, res) }
 }

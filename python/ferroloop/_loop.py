@@ -66,7 +66,6 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
 
     def __init__(self) -> None:
         self._exception_handler: Callable[..., Any] | None = None
-        self._task_factory: Callable[..., Any] | None = None
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
         self._asyncgens: weakref.WeakSet = weakref.WeakSet()
@@ -188,35 +187,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
             )
 
     # ---------------------------------------------------------------- futures and tasks
-
-    def create_future(self) -> asyncio.Future:
-        return futures.Future(loop=self)
-
-    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> Any:
-        self._check_closed()
-        if self._task_factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context)
-            if task._source_traceback:
-                del task._source_traceback[-1]
-        else:
-            if context is None:
-                task = self._task_factory(self, coro)
-            else:
-                task = self._task_factory(self, coro, context=context)
-            if name is not None:
-                try:
-                    task.set_name(name)
-                except AttributeError:
-                    pass
-        return task
-
-    def set_task_factory(self, factory: Callable[..., Any] | None) -> None:
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
-
-    def get_task_factory(self) -> Callable[..., Any] | None:
-        return self._task_factory
+    # create_future, create_task, set_task_factory and get_task_factory are native (LoopCore).
 
     # ---------------------------------------------------------------- errors
 
