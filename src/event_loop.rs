@@ -355,8 +355,11 @@ impl LoopCore {
         // On an escaping exception (KeyboardInterrupt, SystemExit) the callbacks not run yet
         // stay first in line, as in asyncio.
         let rest: Vec<Py<Handle>> = batch.drain(ran..).collect();
-        // Dropping the run handles may run finalizers: done here, outside the state.
-        batch.clear();
+        // Dropping the run handles may run finalizers: done here, outside the state (as bound
+        // references: a plain decref, no check of the GIL state per handle).
+        for h in batch.drain(..) {
+            drop(h.into_bound(py));
+        }
         this.state.with(py, |s| {
             for h in rest.into_iter().rev() {
                 s.ready.push_front(h);

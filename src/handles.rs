@@ -156,6 +156,8 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
     let Some((cb, args, ctx)) = taken else {
         return Ok(RunOutcome::Done);
     };
+    // Bound references release themselves with a plain decref (the GIL is known to be held).
+    let (cb, args, ctx) = (cb.into_bound(py), args.into_bound(py), ctx.into_bound(py));
     // SAFETY: `ctx` is a live reference owned for this whole function. A non-Context object is
     // reported by PyContext_Enter as a TypeError (it checks the type); a context that is
     // already entered as a RuntimeError. Either way the exception is set and fetched here.
@@ -187,8 +189,8 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
             // Give the callback back so the report (message, repr) can name it.
             let _ = h.get().state.with(py, |s| {
                 if s.callback.is_none() && !s.cancelled {
-                    s.callback = Some(cb);
-                    s.args = Some(args);
+                    s.callback = Some(cb.unbind());
+                    s.args = Some(args.unbind());
                 }
             });
             Ok(RunOutcome::Raised(err))
