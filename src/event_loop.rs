@@ -411,7 +411,7 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         write: bool,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let fd = fileobj_to_fd(fd)?;
         let this = slf.get();
@@ -419,14 +419,19 @@ impl LoopCore {
         let method = if write { "add_writer" } else { "add_reader" };
         check_callback(py, callback, method, debug)?;
         let h = Py::new(py, make_handle(py, callback, args, None, debug, true)?)?;
-        match this.state.with(py, |s| s.reactor.set(fd, h, write))? {
-            Ok(Some(old)) => cancel_handle(py, old.bind(py)),
-            Ok(None) => Ok(()),
+        let registered = h.clone_ref(py);
+        match this
+            .state
+            .with(py, |s| s.reactor.set(fd, registered, write))?
+        {
+            Ok(Some(old)) => cancel_handle(py, old.bind(py))?,
+            Ok(None) => {}
             Err((e, rejected)) => {
                 drop(rejected);
-                Err(os_error(e))
+                return Err(os_error(e));
             }
         }
+        Ok(h)
     }
 
     fn remove_io(slf: &Bound<'_, LoopCore>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
@@ -504,6 +509,11 @@ impl LoopCore {
 
     fn _check_closed(&self, py: Python<'_>) -> PyResult<()> {
         self.state.with(py, |s| s.check_closed())?
+    }
+
+    #[getter]
+    fn _debug(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.debug)
     }
 
     #[getter]
@@ -712,31 +722,33 @@ impl LoopCore {
         self.state.with(py, |s| s.waker.wake())
     }
 
+    /// Watches `fd` for reading; returns the handle (asyncio's private `_add_reader`). The
+    /// public `add_reader` (Python side) first refuses fds owned by a transport.
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_reader(
+    fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         Self::add_io(slf, fd, callback, args, false)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_writer(
+    fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         Self::add_io(slf, fd, callback, args, true)
     }
 
-    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_io(slf, fd, false)
     }
 
-    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_io(slf, fd, true)
     }
 

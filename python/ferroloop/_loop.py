@@ -20,12 +20,13 @@ import threading
 import traceback
 import warnings
 import weakref
-from asyncio import coroutines, events, futures, tasks
+from asyncio import coroutines, events, futures, selector_events, tasks
 from collections.abc import Callable
 from typing import Any
 
 from . import _format
 from ._ferroloop import Handle, LoopCore
+from ._net import NetworkingMixin
 
 # asyncio's own constant for coroutine origin tracking in debug mode.
 _DEBUG_STACK_DEPTH = 10
@@ -61,7 +62,7 @@ def _sighandler_noop(signum: int, frame: Any) -> None:
     """The Python-level handler for signals the loop dispatches itself (via the wakeup fd)."""
 
 
-class Loop(LoopCore, asyncio.AbstractEventLoop):
+class Loop(LoopCore, NetworkingMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop implemented in Rust."""
 
     def __init__(self) -> None:
@@ -75,6 +76,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
         self._current_handle: Handle | None = None
         self._signal_handlers: dict[int, Handle] = {}
         self._ssock: socket.socket | None = None
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._csock: socket.socket | None = None
         self.slow_callback_duration = 0.1
         self.set_debug(coroutines._is_debug_mode())
@@ -361,6 +363,37 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
             if timeout is None or not thread.is_alive():
                 thread.join()
 
+    # ---------------------------------------------------------------- I/O callbacks
+
+    def add_reader(self, fd: Any, callback: Callable[..., Any], *args: Any) -> None:
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        self._ensure_fd_no_transport(fd)
+        return self._remove_reader(fd)
+
+    def add_writer(self, fd: Any, callback: Callable[..., Any], *args: Any) -> None:
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd: Any) -> bool:
+        self._ensure_fd_no_transport(fd)
+        return self._remove_writer(fd)
+
+    # ---------------------------------------------------------------- transports
+
+    def _make_socket_transport(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> asyncio.Transport:
+        return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
+
     # ---------------------------------------------------------------- signals
 
     def _check_signal(self, sig: Any) -> None:
@@ -379,7 +412,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
             ssock.setblocking(False)
             csock.setblocking(False)
             self._ssock, self._csock = ssock, csock
-            self.add_reader(ssock.fileno(), self._read_signals)
+            self._add_reader(ssock.fileno(), self._read_signals)
         try:
             # Raises ValueError when not called from the main thread.
             signal.set_wakeup_fd(self._csock.fileno())
@@ -458,7 +491,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
                 for sig in list(self._signal_handlers):
                     self.remove_signal_handler(sig)
         if self._ssock is not None:
-            self.remove_reader(self._ssock.fileno())
+            self._remove_reader(self._ssock.fileno())
             self._ssock.close()
             self._ssock = None
         if self._csock is not None:

@@ -1,0 +1,182 @@
+"""Networking, pipes and subprocess setup paths for ``ferroloop.Loop``.
+
+What runs once per connection, server, pipe or child process (address resolution, happy
+eyeballs, server sockets, accepting, subprocess spawning, TLS wrapping) is asyncio's own code
+from the running Python's standard library, bound to the ferroloop loop: those functions only
+reach the loop through a small set of hooks (``_add_reader``/``_remove_reader``,
+``_make_socket_transport``, ``_transports``...), which ferroloop provides natively. Using the
+reference implementation itself for these cold paths keeps every argument check, error message
+and corner case identical to asyncio's.
+
+What runs per byte (transports' read and write paths) and per event (the reactor) is
+ferroloop's own, in Rust.
+
+Address resolution is ferroloop's own: numeric hosts are answered inline (no thread hop) and
+names are resolved on a small dedicated thread pool, never on the user's default executor.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ipaddress
+import socket
+import threading
+from asyncio import base_events, futures, selector_events, unix_events
+from typing import Any
+
+_BASE = base_events.BaseEventLoop
+_SELECTOR = selector_events.BaseSelectorEventLoop
+_UNIX = unix_events._UnixSelectorEventLoop
+
+# The standard library functions ferroloop's loop reuses as methods, by class they come from.
+# None of them uses zero-argument super(), so they bind to any class (checked by the tests).
+BORROWED: dict[type, tuple[str, ...]] = {
+    _BASE: (
+        "create_connection",
+        "_connect_sock",
+        "_create_connection_transport",
+        "_ensure_resolved",
+        "_create_server_getaddrinfo",
+        "create_server",
+        "connect_accepted_socket",
+        "create_datagram_endpoint",
+        "start_tls",
+        "sendfile",
+        "_sendfile_fallback",
+        "_check_sendfile_params",
+        "sock_sendfile",
+        "_sock_sendfile_fallback",
+        "connect_read_pipe",
+        "connect_write_pipe",
+        "subprocess_exec",
+        "subprocess_shell",
+        "_log_subprocess",
+    ),
+    _SELECTOR: (
+        "_ensure_fd_no_transport",
+        "_make_ssl_transport",
+        "_make_datagram_transport",
+        "_sendfile_native",
+        "_accept_connection",
+        "_accept_connection2",
+        "_start_serving",
+        "_stop_serving",
+        "sock_recv",
+        "_sock_recv",
+        "sock_recv_into",
+        "_sock_recv_into",
+        "sock_recvfrom",
+        "_sock_recvfrom",
+        "sock_recvfrom_into",
+        "_sock_recvfrom_into",
+        "sock_sendall",
+        "_sock_sendall",
+        "sock_sendto",
+        "_sock_sendto",
+        "sock_connect",
+        "_sock_connect",
+        "_sock_connect_cb",
+        "sock_accept",
+        "_sock_accept",
+        "_sock_read_done",
+        "_sock_write_done",
+    ),
+    _UNIX: (
+        "create_unix_connection",
+        "create_unix_server",
+        "_make_read_pipe_transport",
+        "_make_write_pipe_transport",
+        "_make_subprocess_transport",
+        "_child_watcher_callback",
+        "_sock_sendfile_native",
+        "_sock_sendfile_native_impl",
+        "_sock_sendfile_update_filepos",
+        "_sock_add_cancellation_callback",
+    ),
+}
+
+
+def _borrow(namespace: dict[str, Any]) -> None:
+    for cls, names in BORROWED.items():
+        for name in names:
+            func = cls.__dict__.get(name)
+            if func is not None:  # some helpers do not exist on every Python version
+                namespace[name] = func
+
+
+_resolver_lock = threading.Lock()
+_resolver: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _resolver_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The process-wide pool that resolves host names (never the user's default executor)."""
+    global _resolver
+    with _resolver_lock:
+        if _resolver is None:
+            _resolver = concurrent.futures.ThreadPoolExecutor(
+                max_workers=4, thread_name_prefix="ferroloop-dns"
+            )
+        return _resolver
+
+
+def _is_numeric_host(host: Any) -> bool:
+    if host is None:
+        return True  # the wildcard/loopback address: answered without a lookup
+    if isinstance(host, bytes):
+        try:
+            host = host.decode("idna")
+        except UnicodeError:
+            return False
+    if not isinstance(host, str):
+        return False
+    if "%" in host:  # scoped IPv6 literal (fe80::1%eth0): resolving the scope needs the OS
+        host = host.split("%", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_numeric_port(port: Any) -> bool:
+    if port is None or isinstance(port, int):
+        return True
+    if isinstance(port, (str, bytes)):
+        try:
+            int(port)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+class NetworkingMixin:
+    """Mixed into ``ferroloop.Loop``: the borrowed setup paths and ferroloop's resolver."""
+
+    _borrow(locals())
+
+    async def getaddrinfo(
+        self,
+        host: Any,
+        port: Any,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[Any]:
+        if _is_numeric_host(host) and _is_numeric_port(port):
+            # Numeric: the C library answers without any lookup; the result is exactly
+            # socket.getaddrinfo's because it is socket.getaddrinfo.
+            return socket.getaddrinfo(host, port, family, type, proto, flags)
+        loop: Any = self
+        return await futures.wrap_future(
+            _resolver_pool().submit(socket.getaddrinfo, host, port, family, type, proto, flags),
+            loop=loop,
+        )
+
+    async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> Any:
+        loop: Any = self
+        return await futures.wrap_future(
+            _resolver_pool().submit(socket.getnameinfo, sockaddr, flags), loop=loop
+        )
