@@ -42,8 +42,9 @@ use crate::handles::{
     cancel_handle, is_cancelled, release_after_error, run_handle, Handle, RunOutcome, TimerHandle,
 };
 use crate::pyhelpers;
-use crate::reactor::{event_is_readable, event_is_writable, Reactor, READABLE};
-use crate::scheduler::{ReadyQueue, TimerHeap};
+use crate::reactor::{event_is_readable, event_is_writable, Io, Reactor, READABLE};
+use crate::scheduler::{Ready, ReadyQueue, TimerHeap};
+use crate::transports::stream::{self, StreamTransport};
 use crate::waker::Waker;
 
 /// Longest single poll, as in asyncio (one day).
@@ -65,8 +66,10 @@ struct LoopState {
     polling: bool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_id: u64,
-    /// Reused buffer for the callbacks of one iteration.
-    batch: Vec<Py<Handle>>,
+    /// Reused buffer for the work of one iteration.
+    batch: Vec<Ready>,
+    /// Reused buffer that native transports read into (allocated on first use).
+    read_buf: Vec<u8>,
     /// `set_task_factory`'s factory.
     task_factory: Option<PyObject>,
 }
@@ -99,7 +102,7 @@ impl LoopState {
     }
 
     fn push_ready(&mut self, h: Py<Handle>) {
-        self.ready.push_back(h);
+        self.ready.push_back(Ready::Call(h));
         if self.polling {
             self.waker.wake();
         }
@@ -291,8 +294,8 @@ impl LoopCore {
         };
 
         // 3-5: queue I/O callbacks and due timers, take this iteration's batch.
-        let mut garbage: Vec<Py<Handle>> = Vec::new();
-        let (mut batch, debug) = this.state.with(py, |s| {
+        let mut garbage: Vec<Io> = Vec::new();
+        let (mut batch, mut read_buf, debug) = this.state.with(py, |s| {
             let waker_fd = s.waker.fd();
             for ev in &buf[..n] {
                 let fd = ev.u64 as u32 as RawFd;
@@ -306,18 +309,20 @@ impl LoopCore {
                 };
                 let reader = entry.reader.as_ref().map(|h| h.clone_ref(py));
                 let writer = entry.writer.as_ref().map(|h| h.clone_ref(py));
-                for (h, write, ready) in [
+                for (io, write, ready) in [
                     (reader, false, event_is_readable(events)),
                     (writer, true, event_is_writable(events)),
                 ] {
-                    let Some(h) = h else { continue };
-                    if !ready {
-                        garbage.push(h);
-                    } else if is_cancelled(py, &h) {
-                        garbage.extend(s.reactor.clear(fd, write));
-                        garbage.push(h);
-                    } else {
-                        s.ready.push_back(h);
+                    match io {
+                        None => {}
+                        Some(io) if !ready => garbage.push(io),
+                        Some(Io::Handle(h)) if is_cancelled(py, &h) => {
+                            garbage.extend(s.reactor.clear(fd, write));
+                            garbage.push(Io::Handle(h));
+                        }
+                        Some(Io::Handle(h)) => s.ready.push_back(Ready::Call(h)),
+                        Some(Io::Stream(t)) if write => s.ready.push_back(Ready::Write(t)),
+                        Some(Io::Stream(t)) => s.ready.push_back(Ready::Read(t)),
                     }
                 }
             }
@@ -328,24 +333,24 @@ impl LoopCore {
                 }
                 if let Some(e) = s.timers.pop() {
                     set_unscheduled(py, &e.handle);
-                    s.ready.push_back(e.handle);
+                    s.ready.push_back(Ready::Call(e.handle));
                 }
             }
             let mut batch = std::mem::take(&mut s.batch);
             batch.extend(s.ready.drain(..));
-            (batch, s.debug)
+            (batch, std::mem::take(&mut s.read_buf), s.debug)
         })?;
         drop(garbage);
 
         let mut result = Ok(());
         let mut ran = 0;
-        for h in batch.iter() {
+        for item in batch.iter() {
             ran += 1;
-            let hb = h.bind(py);
-            let r = if debug {
-                Self::run_one_debug(slf, hb)
-            } else {
-                run_one(slf, hb)
+            let r = match item {
+                Ready::Call(h) if debug => Self::run_one_debug(slf, h.bind(py)),
+                Ready::Call(h) => run_one(slf, h.bind(py)),
+                Ready::Read(t) => stream::on_readable(t.bind(py), &mut read_buf),
+                Ready::Write(t) => stream::on_writable(t.bind(py)),
             };
             if let Err(e) = r {
                 result = Err(e);
@@ -354,18 +359,24 @@ impl LoopCore {
         }
         // On an escaping exception (KeyboardInterrupt, SystemExit) the callbacks not run yet
         // stay first in line, as in asyncio.
-        let rest: Vec<Py<Handle>> = batch.drain(ran..).collect();
+        let rest: Vec<Ready> = batch.drain(ran..).collect();
         // Dropping the run handles may run finalizers: done here, outside the state (as bound
         // references: a plain decref, no check of the GIL state per handle).
-        for h in batch.drain(..) {
-            drop(h.into_bound(py));
+        for item in batch.drain(..) {
+            match item {
+                Ready::Call(h) => drop(h.into_bound(py)),
+                Ready::Read(t) | Ready::Write(t) => drop(t.into_bound(py)),
+            }
         }
         this.state.with(py, |s| {
-            for h in rest.into_iter().rev() {
-                s.ready.push_front(h);
+            for item in rest.into_iter().rev() {
+                s.ready.push_front(item);
             }
             if s.batch.capacity() < batch.capacity() {
                 s.batch = batch;
+            }
+            if s.read_buf.capacity() < read_buf.capacity() {
+                s.read_buf = read_buf;
             }
         })?;
         result
@@ -385,6 +396,50 @@ impl LoopCore {
         res?;
         slf.call_method1(intern!(py, "_check_slow_callback"), (hb, dt))?;
         Ok(())
+    }
+
+    /// Queues `callback(*args)` in a copy of the current context, without the public API's
+    /// checks (native transports scheduling their own callbacks).
+    pub(crate) fn schedule_soon(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let debug = self.state.with(py, |s| s.schedule_checks(false))??;
+        let h = Py::new(py, make_handle(py, callback, args, None, debug, false)?)?;
+        self.state.with(py, |s| s.push_ready(h))
+    }
+
+    /// Starts (`on`) or stops watching `fd` for a native transport. Registering on a closed
+    /// loop fails like asyncio's `_add_reader` does.
+    pub(crate) fn watch_stream(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        transport: &Py<StreamTransport>,
+        write: bool,
+        on: bool,
+    ) -> PyResult<()> {
+        let res = self.state.with(py, |s| -> PyResult<_> {
+            if !on {
+                return Ok(Ok(s.reactor.clear(fd, write)));
+            }
+            s.check_closed()?;
+            Ok(s.reactor
+                .set(fd, Io::Stream(transport.clone_ref(py)), write))
+        })??;
+        match res {
+            Ok(Some(Io::Handle(h))) => cancel_handle(py, h.bind(py)),
+            Ok(other) => {
+                drop(other);
+                Ok(())
+            }
+            Err((e, rejected)) => {
+                drop(rejected);
+                Err(os_error(e))
+            }
+        }
     }
 
     fn schedule_timer(
@@ -419,13 +474,13 @@ impl LoopCore {
         let method = if write { "add_writer" } else { "add_reader" };
         check_callback(py, callback, method, debug)?;
         let h = Py::new(py, make_handle(py, callback, args, None, debug, true)?)?;
-        let registered = h.clone_ref(py);
+        let registered = Io::Handle(h.clone_ref(py));
         match this
             .state
             .with(py, |s| s.reactor.set(fd, registered, write))?
         {
-            Ok(Some(old)) => cancel_handle(py, old.bind(py))?,
-            Ok(None) => {}
+            Ok(Some(Io::Handle(old))) => cancel_handle(py, old.bind(py))?,
+            Ok(other) => drop(other),
             Err((e, rejected)) => {
                 drop(rejected);
                 return Err(os_error(e));
@@ -445,8 +500,12 @@ impl LoopCore {
             }
         })?;
         match old {
-            Some(h) => {
+            Some(Io::Handle(h)) => {
                 cancel_handle(py, h.bind(py))?;
+                Ok(true)
+            }
+            Some(other) => {
+                drop(other);
                 Ok(true)
             }
             None => Ok(false),
@@ -475,6 +534,7 @@ impl LoopCore {
                 polling: false,
                 thread_id: 0,
                 batch: Vec::new(),
+                read_buf: Vec::new(),
                 task_factory: None,
             }),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
@@ -555,7 +615,8 @@ impl LoopCore {
         check_callback(py, callback, "call_soon", debug)?;
         let h = Py::new(py, make_handle(py, callback, args, context, debug, false)?)?;
         let queued = h.clone_ref(py);
-        this.state.with(py, |s| s.ready.push_back(queued))?;
+        this.state
+            .with(py, |s| s.ready.push_back(Ready::Call(queued)))?;
         Ok(h)
     }
 
@@ -822,7 +883,7 @@ impl LoopCore {
             if s.reactor.is_closed() {
                 return Ok(None);
             }
-            let ready: Vec<Py<Handle>> = s.ready.drain(..).collect();
+            let ready: Vec<Ready> = s.ready.drain(..).collect();
             let timers = s.timers.drain();
             let io = s.reactor.close();
             s.waker.close();

@@ -8,6 +8,7 @@
 //! - [`scheduler`]: the ready queue and the timer heap;
 //! - [`gilcell`]: GIL-guarded interior mutability for the native state;
 //! - [`handles`]: `Handle`/`TimerHandle`, and how a callback runs in its context;
+//! - [`transports`]: native transports (stream sockets), driven by the reactor directly;
 //! - [`event_loop`]: `LoopCore`, the iteration and the scheduling API;
 //! - [`pyhelpers`]: cached Python helpers used on cold paths (reprs, debug stacks).
 
@@ -21,6 +22,7 @@ mod handles;
 mod pyhelpers;
 mod reactor;
 mod scheduler;
+mod transports;
 mod waker;
 
 #[pymodule]
@@ -28,5 +30,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transports::stream::StreamTransport>()?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::os::fd::RawFd;
 use pyo3::prelude::*;
 
 use crate::handles::Handle;
+use crate::transports::stream::StreamTransport;
 
 pub const READABLE: u32 = libc::EPOLLIN as u32;
 pub const WRITABLE: u32 = libc::EPOLLOUT as u32;
@@ -29,11 +30,27 @@ pub fn event_is_writable(events: u32) -> bool {
     events & (WRITABLE | ERROR_BITS) != 0
 }
 
+/// What waits on one direction of an fd: a Python callback (`add_reader`/`add_writer`), or a
+/// native transport, which the loop drives directly without a callback object in between.
+pub enum Io {
+    Handle(Py<Handle>),
+    Stream(Py<StreamTransport>),
+}
+
+impl Io {
+    pub fn clone_ref(&self, py: Python<'_>) -> Io {
+        match self {
+            Io::Handle(h) => Io::Handle(h.clone_ref(py)),
+            Io::Stream(t) => Io::Stream(t.clone_ref(py)),
+        }
+    }
+}
+
 /// Who is interested in one fd.
 #[derive(Default)]
 pub struct FdEntry {
-    pub reader: Option<Py<Handle>>,
-    pub writer: Option<Py<Handle>>,
+    pub reader: Option<Io>,
+    pub writer: Option<Io>,
     /// The mask currently registered with the kernel (0 = not registered).
     registered: u32,
 }
@@ -84,15 +101,15 @@ impl Reactor {
         ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, mask)
     }
 
-    /// Installs `handle` as the reader (or writer) of `fd`. Returns the handle it replaces.
-    /// On a kernel error nothing changes; the error and the rejected handle are returned.
+    /// Installs `handle` as the reader (or writer) of `fd`. Returns what it replaces.
+    /// On a kernel error nothing changes; the error and the rejected waiter are returned.
     #[allow(clippy::type_complexity)]
     pub fn set(
         &mut self,
         fd: RawFd,
-        handle: Py<Handle>,
+        handle: Io,
         write: bool,
-    ) -> Result<Option<Py<Handle>>, (io::Error, Option<Py<Handle>>)> {
+    ) -> Result<Option<Io>, (io::Error, Option<Io>)> {
         let epfd = self.epfd;
         let entry = self.fds.entry(fd).or_default();
         let slot = if write {
@@ -123,7 +140,7 @@ impl Reactor {
     }
 
     /// Removes the reader (or writer) of `fd`, returning it if there was one.
-    pub fn clear(&mut self, fd: RawFd, write: bool) -> Option<Py<Handle>> {
+    pub fn clear(&mut self, fd: RawFd, write: bool) -> Option<Io> {
         let entry = self.fds.get_mut(&fd)?;
         let old = if write {
             entry.writer.take()
@@ -167,7 +184,7 @@ impl Reactor {
 
     /// Drops every registration and closes the epoll fd. Returns the handles for the caller to
     /// cancel and drop outside of any borrow.
-    pub fn close(&mut self) -> Vec<Py<Handle>> {
+    pub fn close(&mut self) -> Vec<Io> {
         let mut out = Vec::new();
         for (_, e) in self.fds.drain() {
             out.extend(e.reader);

@@ -12,6 +12,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use pyo3::prelude::*;
 
 use crate::handles::Handle;
+use crate::transports::stream::StreamTransport;
 
 /// Compaction kicks in above this many scheduled timers...
 const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
@@ -130,5 +131,13 @@ fn take_if_cancelled(py: Python<'_>, h: &Py<Handle>) -> bool {
         .unwrap_or(false)
 }
 
-/// FIFO of handles ready to run.
-pub type ReadyQueue = VecDeque<Py<Handle>>;
+/// One unit of work for the current iteration: a callback, or a native transport's reaction
+/// to readiness of its fd.
+pub enum Ready {
+    Call(Py<Handle>),
+    Read(Py<StreamTransport>),
+    Write(Py<StreamTransport>),
+}
+
+/// FIFO of work ready to run.
+pub type ReadyQueue = VecDeque<Ready>;

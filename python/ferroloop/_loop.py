@@ -20,13 +20,14 @@ import threading
 import traceback
 import warnings
 import weakref
-from asyncio import coroutines, events, futures, selector_events, tasks
+from asyncio import constants, coroutines, events, futures, sslproto, tasks
 from collections.abc import Callable
 from typing import Any
 
 from . import _format
 from ._ferroloop import Handle, LoopCore
 from ._net import NetworkingMixin
+from ._transports import SocketTransport
 
 # asyncio's own constant for coroutine origin tracking in debug mode.
 _DEBUG_STACK_DEPTH = 10
@@ -392,7 +393,36 @@ class Loop(LoopCore, NetworkingMixin, asyncio.AbstractEventLoop):
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> asyncio.Transport:
-        return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: Any,
+        waiter: asyncio.Future | None = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+        ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> asyncio.Transport:
+        # TLS runs in asyncio's SSLProtocol (the ssl module's memory BIOs) over the native
+        # socket transport.
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     # ---------------------------------------------------------------- signals
 

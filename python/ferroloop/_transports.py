@@ -1,0 +1,184 @@
+"""Python faces of ferroloop's native transports.
+
+``SocketTransport`` is an ``asyncio.Transport`` (``isinstance`` holds, unlike on uvloop and
+rloop) whose hot methods are the native core's (``ferroloop._ferroloop.StreamTransport``):
+they are bound onto each instance, so ``transport.write(data)`` calls Rust directly. This
+class keeps what runs once per connection: the socket object, extra info, server
+bookkeeping, error reporting and ``connection_lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import warnings
+from asyncio import base_events, constants, futures, protocols, trsock
+from collections.abc import Callable
+from typing import Any
+
+from ._ferroloop import StreamTransport
+
+# Methods served by the native core, bound per instance.
+_NATIVE_METHODS = (
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
+    "close",
+    "abort",
+    "is_closing",
+    "is_reading",
+    "pause_reading",
+    "resume_reading",
+    "get_write_buffer_size",
+    "get_write_buffer_limits",
+    "set_write_buffer_limits",
+    "get_protocol",
+    "_force_close",
+    "_make_empty_waiter",
+    "_reset_empty_waiter",
+)
+
+
+def _logger() -> Any:
+    return base_events.logger
+
+
+class SocketTransport(asyncio.Transport):
+    """A TCP or Unix stream socket transport."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    max_size = 256 * 1024
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
+        super().__init__(extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock: socket.socket | None = sock
+        self._sock_fd = sock.fileno()
+        self._loop = loop
+        self._server = server
+        self._protocol_connected = False
+        core = StreamTransport(loop, self._sock_fd, self)
+        self._core = core
+        for name in _NATIVE_METHODS:
+            setattr(self, name, getattr(core, name))
+        self.set_protocol(protocol)
+        if server is not None:
+            server._attach()
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        # Reading starts once connection_made() has run (it may pause reading).
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._core._set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
+        self._protocol_connected = True
+
+    @property
+    def _protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self) -> bool:
+        return self._core._closing
+
+    @property
+    def _conn_lost(self) -> int:
+        return self._core._conn_lost
+
+    @property
+    def _eof(self) -> bool:
+        return self._core._eof
+
+    @property
+    def _paused(self) -> bool:
+        return self._core._paused
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused
+
+    # -- cold paths called by the native core --------------------------------------------
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop is not None and self._loop.get_debug():
+                _logger().debug("%r: %s", self, message, exc_info=True)
+        elif self._loop is not None:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._core._force_close(exc)
+
+    def _report_protocol_error(self, message: str, exc: BaseException) -> None:
+        self._loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+        )
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        protocol = self._core.get_protocol()
+        try:
+            if self._protocol_connected and protocol is not None:
+                protocol.connection_lost(exc)
+        finally:
+            sock = self._sock
+            self._core._detach()
+            if sock is not None:
+                sock.close()
+            self._sock = None
+            self._loop = None
+            server = self._server
+            if server is not None:
+                server._detach()
+                self._server = None
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        info = [type(self).__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._core.is_closing():
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._sock is not None:
+            reading, writing = self._core._polling()
+            info.append("read=polling" if reading else "read=idle")
+            bufsize = self._core.get_write_buffer_size()
+            state = "polling" if writing else "idle"
+            info.append(f"write=<{state}, bufsize={bufsize}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()

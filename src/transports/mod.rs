@@ -1,0 +1,7 @@
+//! Native transports, one module per kind. Each is the hot half of a Python transport class
+//! (`python/ferroloop/_transports.py`) that subclasses the matching `asyncio` transport, so
+//! `isinstance(transport, asyncio.Transport)` holds while the read and write paths run here.
+//!
+//! - [`stream`]: TCP and Unix stream sockets.
+
+pub mod stream;

@@ -1,0 +1,1098 @@
+//! The stream transport (TCP and Unix sockets): the read path, the write path and flow control
+//! of asyncio's socket transport, in Rust.
+//!
+//! The loop drives a transport directly: when its fd is readable or writable, the reactor queues
+//! the transport itself (no callback object) and the iteration calls [`on_readable`] or
+//! [`on_writable`]. Reads land in the loop's shared buffer and reach `protocol.data_received`
+//! as `bytes` (or go straight into the buffer a `BufferedProtocol` hands out). A write into an
+//! empty buffer is sent at once; what the kernel does not take is copied into one contiguous
+//! buffer that leaves in a single `send` when the socket becomes writable, so every write made
+//! meanwhile goes out together. `writelines` sends its pieces with one `sendmsg` (writev).
+//!
+//! The Python wrapper (`ferroloop._transports.SocketTransport`) owns the socket object, the
+//! extra info, the server bookkeeping and the cold paths: `_fatal_error` (error reporting) and
+//! `_call_connection_lost`. This module calls them by name.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
+};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::errors::os_error;
+use crate::event_loop::LoopCore;
+use crate::gilcell::GilCell;
+
+/// Bytes read per `recv`, as asyncio's `max_size`.
+const MAX_READ: usize = 256 * 1024;
+/// asyncio's default high-water mark; the low one is a quarter of it.
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// After this many writes to a lost connection, asyncio starts warning.
+const CONNLOST_WARN_THRESHOLD: u32 = 5;
+
+struct StreamState {
+    fd: RawFd,
+    loop_: Option<Py<LoopCore>>,
+    /// The Python wrapper (`SocketTransport`), passed to protocols and error reports.
+    owner: Option<PyObject>,
+    protocol: Option<PyObject>,
+    /// Bound methods of the protocol, looked up once per `set_protocol`.
+    data_received: Option<PyObject>,
+    get_buffer: Option<PyObject>,
+    buffer_updated: Option<PyObject>,
+    buffered: bool,
+    /// Pending output: `wbuf[woff..]`.
+    wbuf: Vec<u8>,
+    woff: usize,
+    closing: bool,
+    eof: bool,
+    /// Reading paused by the user (`pause_reading`).
+    paused: bool,
+    /// Read / write interest currently registered with the reactor.
+    reading: bool,
+    writing: bool,
+    protocol_paused: bool,
+    conn_lost: u32,
+    high: usize,
+    low: usize,
+    /// `loop.sendfile` waits for the buffer to drain on this future.
+    empty_waiter: Option<PyObject>,
+}
+
+impl StreamState {
+    fn pending(&self) -> usize {
+        self.wbuf.len() - self.woff
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.woff += n;
+        if self.woff >= self.wbuf.len() {
+            self.wbuf.clear();
+            self.woff = 0;
+            if self.wbuf.capacity() > 4 * DEFAULT_HIGH_WATER {
+                self.wbuf.shrink_to(DEFAULT_HIGH_WATER);
+            }
+        } else if self.woff > 64 * 1024 && self.woff * 2 > self.wbuf.len() {
+            self.wbuf.drain(..self.woff);
+            self.woff = 0;
+        }
+    }
+
+    fn take_refs(&mut self) -> Vec<PyObject> {
+        let mut out = Vec::new();
+        out.extend(self.owner.take());
+        out.extend(self.protocol.take());
+        out.extend(self.data_received.take());
+        out.extend(self.get_buffer.take());
+        out.extend(self.buffer_updated.take());
+        out.extend(self.empty_waiter.take());
+        if let Some(l) = self.loop_.take() {
+            out.push(l.into_any());
+        }
+        out
+    }
+}
+
+/// The native core of a stream transport.
+#[pyclass(frozen, module = "ferroloop._ferroloop", name = "StreamTransport")]
+pub struct StreamTransport {
+    state: GilCell<StreamState>,
+}
+
+fn passes_through(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn would_block(code: i32) -> bool {
+    code == libc::EAGAIN || code == libc::EWOULDBLOCK || code == libc::EINTR
+}
+
+/// A borrowed contiguous view of a bytes-like object.
+struct ByteView {
+    view: ffi::Py_buffer,
+}
+
+impl ByteView {
+    fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+        let flags = if writable {
+            ffi::PyBUF_WRITABLE
+        } else {
+            ffi::PyBUF_SIMPLE
+        };
+        // SAFETY: `view` is valid writable memory for a Py_buffer; on success CPython fills it
+        // and we release it in Drop; on failure an exception is set and nothing is held.
+        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), flags) };
+        if rc != 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        // SAFETY: PyObject_GetBuffer succeeded, so the struct is initialized.
+        Ok(ByteView {
+            view: unsafe { view.assume_init() },
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.view.len.max(0) as usize
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.len() == 0 {
+            return &[];
+        }
+        // SAFETY: a simple buffer is `len` contiguous bytes at `buf`, valid while the view is
+        // held (until Drop); we only read.
+        unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.len()) }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.view.buf as *mut u8
+    }
+}
+
+impl Drop for ByteView {
+    fn drop(&mut self) {
+        // SAFETY: the view was obtained by a successful PyObject_GetBuffer and is released
+        // exactly once. Views are only created and dropped with the GIL held.
+        unsafe { ffi::PyBuffer_Release(&mut self.view) };
+    }
+}
+
+fn is_bytes_like(data: &Bound<'_, PyAny>) -> bool {
+    data.is_instance_of::<PyBytes>()
+        || data.is_instance_of::<PyByteArray>()
+        || data.is_instance_of::<PyMemoryView>()
+}
+
+fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, i32> {
+    if data.is_empty() {
+        return Ok(0);
+    }
+    // SAFETY: `data` is a valid slice for the duration of the call; MSG_NOSIGNAL turns a
+    // write to a closed peer into EPIPE instead of SIGPIPE.
+    let n = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        let e = errno();
+        if would_block(e) {
+            Ok(0)
+        } else {
+            Err(e)
+        }
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn os_error_from(code: i32) -> PyErr {
+    os_error(std::io::Error::from_raw_os_error(code))
+}
+
+impl StreamTransport {
+    fn loop_core<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, LoopCore>>> {
+        self.state
+            .with(py, |s| s.loop_.as_ref().map(|l| l.bind(py).clone()))
+    }
+
+    /// Registers or unregisters interest, keeping our flags in sync with the reactor.
+    fn watch(slf: &Bound<'_, Self>, write: bool, on: bool) -> PyResult<()> {
+        let py = slf.py();
+        let (fd, changed) = slf.get().state.with(py, |s| {
+            let flag = if write {
+                &mut s.writing
+            } else {
+                &mut s.reading
+            };
+            let changed = *flag != on;
+            (s.fd, changed)
+        })?;
+        if !changed || fd < 0 {
+            return Ok(());
+        }
+        let Some(lp) = slf.get().loop_core(py)? else {
+            return Ok(());
+        };
+        lp.get()
+            .watch_stream(py, fd, &slf.clone().unbind(), write, on)?;
+        slf.get().state.with(py, |s| {
+            if write {
+                s.writing = on;
+            } else {
+                s.reading = on;
+            }
+        })
+    }
+
+    /// Calls a method of the Python wrapper (cold paths: errors, connection_lost).
+    fn call_owner<'py>(
+        slf: &Bound<'py, Self>,
+        name: &Bound<'py, pyo3::types::PyString>,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let owner = slf
+            .get()
+            .state
+            .with(py, |s| s.owner.as_ref().map(|o| o.clone_ref(py)))?;
+        if let Some(owner) = owner {
+            owner.bind(py).call_method1(name, args)?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`: report (Python side) and force-close. Only exceptions that must
+    /// escape the loop (KeyboardInterrupt, SystemExit) are returned.
+    fn fatal(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if passes_through(py, &err) {
+            return Err(err);
+        }
+        Self::call_owner(
+            slf,
+            intern!(py, "_fatal_error"),
+            (err.into_value(py), message),
+        )
+    }
+
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: PyObject) -> PyResult<()> {
+        let py = slf.py();
+        let owner = slf
+            .get()
+            .state
+            .with(py, |s| s.owner.as_ref().map(|o| o.clone_ref(py)))?;
+        let (Some(owner), Some(lp)) = (owner, slf.get().loop_core(py)?) else {
+            return Ok(());
+        };
+        let cb = owner
+            .bind(py)
+            .getattr(intern!(py, "_call_connection_lost"))?;
+        lp.get().schedule_soon(py, &cb, &PyTuple::new(py, [exc])?)
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let proto = slf.get().state.with(py, |s| {
+            if s.pending() <= s.high || s.protocol_paused {
+                return None;
+            }
+            s.protocol_paused = true;
+            s.protocol.as_ref().map(|p| p.clone_ref(py))
+        })?;
+        if let Some(p) = proto {
+            if let Err(e) = p.bind(py).call_method0(intern!(py, "pause_writing")) {
+                if passes_through(py, &e) {
+                    return Err(e);
+                }
+                Self::call_owner(
+                    slf,
+                    intern!(py, "_report_protocol_error"),
+                    ("protocol.pause_writing() failed", e.into_value(py)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let proto = slf.get().state.with(py, |s| {
+            if !s.protocol_paused || s.pending() > s.low {
+                return None;
+            }
+            s.protocol_paused = false;
+            s.protocol.as_ref().map(|p| p.clone_ref(py))
+        })?;
+        if let Some(p) = proto {
+            if let Err(e) = p.bind(py).call_method0(intern!(py, "resume_writing")) {
+                if passes_through(py, &e) {
+                    return Err(e);
+                }
+                Self::call_owner(
+                    slf,
+                    intern!(py, "_report_protocol_error"),
+                    ("protocol.resume_writing() failed", e.into_value(py)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// End of input: `eof_received()` decides between half-open and close.
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let proto = slf
+            .get()
+            .state
+            .with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?;
+        let Some(proto) = proto else { return Ok(()) };
+        match proto.bind(py).call_method0(intern!(py, "eof_received")) {
+            Err(e) => Self::fatal(slf, e, "Fatal error: protocol.eof_received() call failed."),
+            Ok(keep_open) => {
+                if keep_open.is_truthy()? {
+                    Self::watch(slf, false, false)
+                } else {
+                    Self::close(slf)
+                }
+            }
+        }
+    }
+
+    /// Appends to the output buffer (copying: the caller may reuse a mutable buffer).
+    fn buffer_output(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
+        let py = slf.py();
+        slf.get()
+            .state
+            .with(py, |s| s.wbuf.extend_from_slice(data))?;
+        Self::watch(slf, true, true)?;
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// Checks shared by `write` and `writelines`. `Ok(false)` means: silently drop the data.
+    fn write_allowed(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let (eof, sendfile, lost) = slf.get().state.with(py, |s| {
+            let lost = s.conn_lost;
+            if lost > 0 {
+                s.conn_lost += 1;
+            }
+            (s.eof, s.empty_waiter.is_some(), lost)
+        })?;
+        if eof {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            ));
+        }
+        if sendfile {
+            return Err(PyRuntimeError::new_err(
+                "unable to write; sendfile is in progress",
+            ));
+        }
+        if lost > 0 {
+            if lost >= CONNLOST_WARN_THRESHOLD {
+                let logger = py
+                    .import("asyncio.base_events")?
+                    .getattr(intern!(py, "logger"))?;
+                logger.call_method1("warning", ("socket.send() raised exception.",))?;
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn shutdown_write(&self, py: Python<'_>) -> PyResult<()> {
+        let fd = self.state.with(py, |s| s.fd)?;
+        if fd < 0 {
+            return Ok(());
+        }
+        // SAFETY: plain syscall on our own socket fd.
+        if unsafe { libc::shutdown(fd, libc::SHUT_WR) } != 0 {
+            return Err(os_error_from(errno()));
+        }
+        Ok(())
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let drained = slf.get().state.with(py, |s| {
+            if s.closing {
+                return None;
+            }
+            s.closing = true;
+            let drained = s.pending() == 0;
+            if drained {
+                s.conn_lost += 1;
+            }
+            Some(drained)
+        })?;
+        let Some(drained) = drained else {
+            return Ok(());
+        };
+        Self::watch(slf, false, false)?;
+        if drained {
+            Self::watch(slf, true, false)?;
+            Self::schedule_connection_lost(slf, py.None())?;
+        }
+        Ok(())
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: PyObject) -> PyResult<()> {
+        let py = slf.py();
+        let first_close = slf.get().state.with(py, |s| {
+            if s.conn_lost > 0 {
+                return None;
+            }
+            s.wbuf.clear();
+            s.woff = 0;
+            let first = !s.closing;
+            s.closing = true;
+            s.conn_lost += 1;
+            Some(first)
+        })?;
+        let Some(first_close) = first_close else {
+            return Ok(());
+        };
+        Self::watch(slf, true, false)?;
+        if first_close {
+            Self::watch(slf, false, false)?;
+        }
+        Self::schedule_connection_lost(slf, exc)
+    }
+}
+
+/// The fd is readable: read once and hand the data to the protocol.
+pub(crate) fn on_readable(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
+    let py = slf.py();
+    let st = slf.get().state.with(py, |s| {
+        if !s.reading || s.conn_lost > 0 || s.fd < 0 {
+            return None;
+        }
+        let cbs = if s.buffered {
+            (
+                None,
+                s.get_buffer.as_ref().map(|c| c.clone_ref(py)),
+                s.buffer_updated.as_ref().map(|c| c.clone_ref(py)),
+            )
+        } else {
+            (
+                s.data_received.as_ref().map(|c| c.clone_ref(py)),
+                None,
+                None,
+            )
+        };
+        Some((s.fd, cbs))
+    })?;
+    let Some((fd, (data_received, get_buffer, buffer_updated))) = st else {
+        return Ok(());
+    };
+    if let (Some(get_buffer), Some(buffer_updated)) = (get_buffer, buffer_updated) {
+        return read_into_protocol_buffer(slf, fd, get_buffer.bind(py), buffer_updated.bind(py));
+    }
+    let Some(data_received) = data_received else {
+        return Ok(());
+    };
+    if rbuf.len() < MAX_READ {
+        rbuf.resize(MAX_READ, 0);
+    }
+    // SAFETY: `rbuf` has MAX_READ writable bytes; plain non-blocking recv on our socket.
+    let n = unsafe { libc::recv(fd, rbuf.as_mut_ptr() as *mut libc::c_void, MAX_READ, 0) };
+    if n < 0 {
+        let e = errno();
+        if would_block(e) {
+            return Ok(());
+        }
+        return StreamTransport::fatal(
+            slf,
+            os_error_from(e),
+            "Fatal read error on socket transport",
+        );
+    }
+    if n == 0 {
+        return StreamTransport::on_eof(slf);
+    }
+    let data = PyBytes::new(py, &rbuf[..n as usize]);
+    if let Err(e) = data_received.bind(py).call1((data,)) {
+        return StreamTransport::fatal(
+            slf,
+            e,
+            "Fatal error: protocol.data_received() call failed.",
+        );
+    }
+    Ok(())
+}
+
+fn read_into_protocol_buffer(
+    slf: &Bound<'_, StreamTransport>,
+    fd: RawFd,
+    get_buffer: &Bound<'_, PyAny>,
+    buffer_updated: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let buf = match get_buffer.call1((-1,)).and_then(|b| {
+        if b.len()? == 0 {
+            Err(PyRuntimeError::new_err(
+                "get_buffer() returned an empty buffer",
+            ))
+        } else {
+            Ok(b)
+        }
+    }) {
+        Ok(b) => b,
+        Err(e) => {
+            return StreamTransport::fatal(
+                slf,
+                e,
+                "Fatal error: protocol.get_buffer() call failed.",
+            )
+        }
+    };
+    let n = match ByteView::new(&buf, true) {
+        Err(e) => return StreamTransport::fatal(slf, e, "Fatal read error on socket transport"),
+        Ok(mut view) => {
+            let len = view.len();
+            // SAFETY: the writable view gives `len` bytes at `buf`, held until `view` drops.
+            let n = unsafe { libc::recv(fd, view.as_mut_ptr() as *mut libc::c_void, len, 0) };
+            if n < 0 {
+                let e = errno();
+                if would_block(e) {
+                    return Ok(());
+                }
+                drop(view);
+                return StreamTransport::fatal(
+                    slf,
+                    os_error_from(e),
+                    "Fatal read error on socket transport",
+                );
+            }
+            n as usize
+        }
+    };
+    if n == 0 {
+        return StreamTransport::on_eof(slf);
+    }
+    if let Err(e) = buffer_updated.call1((n,)) {
+        return StreamTransport::fatal(
+            slf,
+            e,
+            "Fatal error: protocol.buffer_updated() call failed.",
+        );
+    }
+    Ok(())
+}
+
+/// The fd is writable: flush the buffer in one send.
+pub(crate) fn on_writable(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
+    let py = slf.py();
+    let res = slf.get().state.with(py, |s| {
+        if !s.writing || s.conn_lost > 0 || s.fd < 0 {
+            return None;
+        }
+        let r = send_some(s.fd, &s.wbuf[s.woff..]);
+        if let Ok(n) = r {
+            s.consume(n);
+        } else {
+            s.wbuf.clear();
+            s.woff = 0;
+        }
+        Some(r)
+    })?;
+    match res {
+        None => Ok(()),
+        Some(Err(code)) => {
+            StreamTransport::watch(slf, true, false)?;
+            let exc = os_error_from(code);
+            let waiter = slf
+                .get()
+                .state
+                .with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py)))?;
+            let exc_obj = exc.value(py).clone().into_any().unbind();
+            StreamTransport::fatal(slf, exc, "Fatal write error on socket transport")?;
+            if let Some(w) = waiter {
+                w.bind(py).call_method1("set_exception", (exc_obj,))?;
+            }
+            Ok(())
+        }
+        Some(Ok(_)) => {
+            StreamTransport::maybe_resume_protocol(slf)?;
+            let (empty, closing, eof, waiter) = slf.get().state.with(py, |s| {
+                (
+                    s.pending() == 0,
+                    s.closing,
+                    s.eof,
+                    s.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                )
+            })?;
+            if !empty {
+                return Ok(());
+            }
+            StreamTransport::watch(slf, true, false)?;
+            if let Some(w) = waiter {
+                w.bind(py).call_method1("set_result", (py.None(),))?;
+            }
+            if closing {
+                StreamTransport::call_owner(
+                    slf,
+                    intern!(py, "_call_connection_lost"),
+                    (py.None(),),
+                )?;
+            } else if eof {
+                slf.get().shutdown_write(py)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    #[new]
+    fn py_new(lp: Bound<'_, LoopCore>, fd: RawFd, owner: PyObject) -> PyResult<Self> {
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!(
+                "Invalid file descriptor: {fd}"
+            )));
+        }
+        Ok(StreamTransport {
+            state: GilCell::new(StreamState {
+                fd,
+                loop_: Some(lp.unbind()),
+                owner: Some(owner),
+                protocol: None,
+                data_received: None,
+                get_buffer: None,
+                buffer_updated: None,
+                buffered: false,
+                wbuf: Vec::new(),
+                woff: 0,
+                closing: false,
+                eof: false,
+                paused: false,
+                reading: false,
+                writing: false,
+                protocol_paused: false,
+                conn_lost: 0,
+                high: DEFAULT_HIGH_WATER,
+                low: DEFAULT_HIGH_WATER / 4,
+                empty_waiter: None,
+            }),
+        })
+    }
+
+    /// Installs the protocol; `buffered` selects the `get_buffer`/`buffer_updated` read path.
+    fn _set_protocol(&self, protocol: &Bound<'_, PyAny>, buffered: bool) -> PyResult<()> {
+        let py = protocol.py();
+        let (dr, gb, bu) = if buffered {
+            (
+                None,
+                Some(protocol.getattr(intern!(py, "get_buffer"))?.unbind()),
+                Some(protocol.getattr(intern!(py, "buffer_updated"))?.unbind()),
+            )
+        } else {
+            (
+                Some(protocol.getattr(intern!(py, "data_received"))?.unbind()),
+                None,
+                None,
+            )
+        };
+        let old = self.state.with(py, |s| {
+            s.buffered = buffered;
+            (
+                std::mem::replace(&mut s.protocol, Some(protocol.clone().unbind())),
+                std::mem::replace(&mut s.data_received, dr),
+                std::mem::replace(&mut s.get_buffer, gb),
+                std::mem::replace(&mut s.buffer_updated, bu),
+            )
+        })?;
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.state.with(py, |s| {
+            s.protocol
+                .as_ref()
+                .map_or_else(|| py.None(), |p| p.clone_ref(py))
+        })
+    }
+
+    /// Starts reading unless paused or closing (asyncio defers this to after connection_made).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let ok = slf
+            .get()
+            .state
+            .with(slf.py(), |s| !s.paused && !s.closing && s.fd >= 0)?;
+        if ok {
+            Self::watch(slf, false, true)?;
+        }
+        Ok(())
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| !s.paused && !s.closing)
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let go = slf.get().state.with(slf.py(), |s| {
+            if s.paused || s.closing {
+                false
+            } else {
+                s.paused = true;
+                true
+            }
+        })?;
+        if go {
+            Self::watch(slf, false, false)?;
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let go = slf.get().state.with(slf.py(), |s| {
+            if s.closing || !s.paused {
+                false
+            } else {
+                s.paused = false;
+                true
+            }
+        })?;
+        if go {
+            Self::watch(slf, false, true)?;
+        }
+        Ok(())
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.closing)
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if !is_bytes_like(data) {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
+            )));
+        }
+        let view = ByteView::new(data, false)?;
+        let bytes = view.as_slice();
+        // Checks in asyncio's order: write_eof, sendfile, empty data, lost connection.
+        let (eof, sendfile) = slf
+            .get()
+            .state
+            .with(py, |s| (s.eof, s.empty_waiter.is_some()))?;
+        if eof {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            ));
+        }
+        if sendfile {
+            return Err(PyRuntimeError::new_err(
+                "unable to write; sendfile is in progress",
+            ));
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if !Self::write_allowed(slf)? {
+            return Ok(());
+        }
+        // Fast path: nothing queued, send now.
+        let sent = slf.get().state.with(py, |s| {
+            if s.pending() > 0 || s.fd < 0 {
+                return Ok(0);
+            }
+            send_some(s.fd, bytes)
+        })?;
+        let n = match sent {
+            Ok(n) => n,
+            Err(code) => {
+                return Self::fatal(
+                    slf,
+                    os_error_from(code),
+                    "Fatal write error on socket transport",
+                )
+            }
+        };
+        if n == bytes.len() {
+            return Ok(());
+        }
+        Self::buffer_output(slf, &bytes[n..])
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let mut views = Vec::new();
+        for item in list_of_data.try_iter()? {
+            let item = item?;
+            if !is_bytes_like(&item) {
+                return Err(PyTypeError::new_err(format!(
+                    "data argument must be a bytes-like object, not {}",
+                    item.get_type().name()?.repr()?
+                )));
+            }
+            let v = ByteView::new(&item, false)?;
+            if v.len() > 0 {
+                views.push(v);
+            }
+        }
+        let (eof, sendfile) = slf
+            .get()
+            .state
+            .with(py, |s| (s.eof, s.empty_waiter.is_some()))?;
+        if eof {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            ));
+        }
+        if sendfile {
+            return Err(PyRuntimeError::new_err(
+                "unable to write; sendfile is in progress",
+            ));
+        }
+        if views.is_empty() || !Self::write_allowed(slf)? {
+            return Ok(());
+        }
+        let total: usize = views.iter().map(|v| v.len()).sum();
+        // Fast path: nothing queued, one sendmsg for every piece.
+        let sent = slf.get().state.with(py, |s| {
+            if s.pending() > 0 || s.fd < 0 {
+                return Ok(0);
+            }
+            let iov: Vec<libc::iovec> = views
+                .iter()
+                .take(libc::UIO_MAXIOV as usize)
+                .map(|v| libc::iovec {
+                    iov_base: v.as_slice().as_ptr() as *mut libc::c_void,
+                    iov_len: v.len(),
+                })
+                .collect();
+            // SAFETY: a zeroed msghdr is valid; we point it at `iov`, which outlives the call.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = iov.len() as _;
+            // SAFETY: every iovec points into a buffer view held in `views` during the call.
+            let n = unsafe { libc::sendmsg(s.fd, &msg, libc::MSG_NOSIGNAL) };
+            if n < 0 {
+                let e = errno();
+                if would_block(e) {
+                    Ok(0)
+                } else {
+                    Err(e)
+                }
+            } else {
+                Ok(n as usize)
+            }
+        })?;
+        let mut skip = match sent {
+            Ok(n) => n,
+            Err(code) => {
+                return Self::fatal(
+                    slf,
+                    os_error_from(code),
+                    "Fatal write error on socket transport",
+                )
+            }
+        };
+        if skip == total {
+            return Ok(());
+        }
+        let mut rest = Vec::with_capacity(total - skip);
+        for v in &views {
+            let b = v.as_slice();
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            rest.extend_from_slice(&b[skip..]);
+            skip = 0;
+        }
+        Self::buffer_output(slf, &rest)
+    }
+
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let now = slf.get().state.with(py, |s| {
+            if s.closing || s.eof {
+                return false;
+            }
+            s.eof = true;
+            s.pending() == 0
+        })?;
+        if now {
+            slf.get().shutdown_write(py)?;
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    #[pyo3(name = "close")]
+    fn py_close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::close(slf)
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, slf.py().None())
+    }
+
+    fn _force_close(slf: &Bound<'_, Self>, exc: PyObject) -> PyResult<()> {
+        Self::force_close(slf, exc)
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        self.state.with(py, |s| s.pending())
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
+        self.state.with(py, |s| (s.low, s.high))
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let high = high.filter(|h| !h.is_none());
+        let low = low.filter(|l| !l.is_none());
+        let to_i = |v: &Bound<'_, PyAny>| v.extract::<i64>();
+        let (h, l) = match (high, low) {
+            (None, None) => (DEFAULT_HIGH_WATER as i64, (DEFAULT_HIGH_WATER / 4) as i64),
+            (None, Some(l)) => {
+                let l = to_i(l)?;
+                (4 * l, l)
+            }
+            (Some(h), None) => {
+                let h = to_i(h)?;
+                (h, h.div_euclid(4))
+            }
+            (Some(h), Some(l)) => (to_i(h)?, to_i(l)?),
+        };
+        if !(h >= l && l >= 0) {
+            let show = |v: Option<&Bound<'_, PyAny>>, d: i64| -> PyResult<String> {
+                Ok(match v {
+                    Some(v) => v.repr()?.to_string(),
+                    None => d.to_string(),
+                })
+            };
+            return Err(PyValueError::new_err(format!(
+                "high ({}) must be >= low ({}) must be >= 0",
+                show(high, h)?,
+                show(low, l)?
+            )));
+        }
+        slf.get().state.with(py, |s| {
+            s.high = h as usize;
+            s.low = l as usize;
+        })?;
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// For `loop.sendfile`: a future resolved when the output buffer is empty.
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        let py = slf.py();
+        let (has, empty) = slf
+            .get()
+            .state
+            .with(py, |s| (s.empty_waiter.is_some(), s.pending() == 0))?;
+        if has {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let Some(lp) = slf.get().loop_core(py)? else {
+            return Err(PyRuntimeError::new_err("transport is closed"));
+        };
+        let fut = lp.call_method0(intern!(py, "create_future"))?;
+        if empty {
+            fut.call_method1("set_result", (py.None(),))?;
+        }
+        let stored = fut.clone().unbind();
+        slf.get()
+            .state
+            .with(py, |s| s.empty_waiter = Some(stored))?;
+        Ok(fut.unbind())
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) -> PyResult<()> {
+        let old = self.state.with(py, |s| s.empty_waiter.take())?;
+        drop(old);
+        Ok(())
+    }
+
+    /// Forgets the socket, the loop and the protocol once the connection is lost. The
+    /// Python side closes the socket itself.
+    fn _detach(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        Self::watch(slf, false, false)?;
+        Self::watch(slf, true, false)?;
+        let refs = slf.get().state.with(py, |s| {
+            s.fd = -1;
+            s.take_refs()
+        })?;
+        drop(refs);
+        Ok(())
+    }
+
+    #[getter]
+    fn _sock_fd(&self, py: Python<'_>) -> PyResult<RawFd> {
+        self.state.with(py, |s| s.fd)
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.closing)
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
+        self.state.with(py, |s| s.conn_lost)
+    }
+
+    #[getter]
+    fn _eof(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.eof)
+    }
+
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.paused)
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.protocol_paused)
+    }
+
+    /// `(reading registered, writing registered)`, for the wrapper's repr.
+    fn _polling(&self, py: Python<'_>) -> PyResult<(bool, bool)> {
+        self.state.with(py, |s| (s.reading, s.writing))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: the collector calls tp_traverse with the GIL held; the token is only used
+        // to enter our own cell, which refuses (and we skip) if it is in use.
+        let py = unsafe { Python::assume_gil_acquired() };
+        let res = self.state.try_with(py, |s| -> Result<(), PyTraverseError> {
+            for o in [
+                &s.owner,
+                &s.protocol,
+                &s.data_received,
+                &s.get_buffer,
+                &s.buffer_updated,
+                &s.empty_waiter,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                visit.call(o)?;
+            }
+            if let Some(l) = &s.loop_ {
+                visit.call(l)?;
+            }
+            Ok(())
+        });
+        res.unwrap_or(Ok(()))
+    }
+
+    fn __clear__(&self) {
+        // SAFETY: tp_clear runs with the GIL held.
+        let py = unsafe { Python::assume_gil_acquired() };
+        let refs = self.state.try_with(py, |s| s.take_refs());
+        drop(refs);
+    }
+}
