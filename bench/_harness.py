@@ -10,6 +10,10 @@ row once and prints one JSON line. Rounds are interleaved (round 1 runs every lo
 ...) and the loop order is rotated each round so that no loop always goes first. Per row and loop
 the report gives the best round, the spread ``(max - min) / best`` and the ratio to uvloop.
 
+A row registered with ``native=True`` runs no Python event loop at all (e.g. a pure-Rust server
+as a "ceiling"): it runs once per round under the pseudo-loop name ``native`` and gets
+``loop=None``; ``ref=KEY`` names the row whose baseline cell its ratio column compares with.
+
 Rows signal "this loop does not support the API" by raising :class:`NotSupported` (or by the
 loop raising ``NotImplementedError``/``AttributeError``); the cell is then shown as ``n/a`` and the
 run goes on. Any other exception, a crash or a timeout of the worker shows as ``error``.
@@ -46,6 +50,8 @@ LOOPS: dict[str, tuple[str, str]] = {
 }
 DEFAULT_LOOPS = ["asyncio", "uvloop", "rloop", "ferroloop"]
 BASELINE = "uvloop"
+# Pseudo-loop name under which ``native`` rows (no Python event loop) run and are reported.
+NATIVE = "native"
 
 # Full mode: each row runs about this long per (round, loop); quick mode is for a demo.
 TARGET_S_FULL = 0.6
@@ -84,6 +90,8 @@ class Result:
 
     ops: float
     detail: str = ""
+    # Anything else worth keeping in the --json output (e.g. the load generator's report).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,18 +101,38 @@ class Row:
     unit: str  # e.g. "ops/s", "tasks/s"
     fn: Callable[[asyncio.AbstractEventLoop, bool], float | Result]
     doc: str = ""
+    native: bool = False  # runs without a Python event loop, once per round (loop=None)
+    ref: str | None = None  # native rows: compare with this row's baseline cell
+
+
+def row_loops(r: Row, loops: list[str]) -> list[str]:
+    """The loops a row runs on: every loop, or only the pseudo-loop ``native``."""
+    return [NATIVE] if r.native else loops
 
 
 ROWS: dict[str, Row] = {}
 
 
-def row(key: str, title: str | None = None, unit: str = "ops/s"):
-    """Decorator registering a row function ``fn(loop, quick) -> float | Result``."""
+def row(
+    key: str,
+    title: str | None = None,
+    unit: str = "ops/s",
+    *,
+    native: bool = False,
+    ref: str | None = None,
+):
+    """Decorator registering a row function ``fn(loop, quick) -> float | Result``.
+
+    ``native=True``: the row uses no Python event loop; it runs once per round (``loop`` is
+    None) and is reported under the pseudo-loop ``native``. ``ref``: for such a row, the key of
+    the row whose baseline (uvloop) cell its ratio column is computed against.
+    """
 
     def deco(fn):
         if key in ROWS:
             raise ValueError(f"duplicate row {key!r}")
-        ROWS[key] = Row(key, title or key, unit, fn, (fn.__doc__ or "").strip())
+        doc = (fn.__doc__ or "").strip()
+        ROWS[key] = Row(key, title or key, unit, fn, doc, native, ref)
         return fn
 
     return deco
@@ -181,8 +209,27 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         asyncio.set_event_loop(None)
 
 
+def _run_native(row_key: str, quick: bool) -> int:
+    try:
+        res = ROWS[row_key].fn(None, quick)  # type: ignore[arg-type]
+        if not isinstance(res, Result):
+            res = Result(float(res))
+        payload = {"status": "ok", "ops": res.ops, "detail": res.detail, "loop_type": None}
+        if res.extra:
+            payload["extra"] = res.extra
+    except BaseException as exc:  # noqa: BLE001 - report everything to the parent
+        status = "n/a" if isinstance(exc, NotSupported | NotImplementedError) else "error"
+        if status == "error":
+            sys.stderr.write(traceback.format_exc(limit=6))
+        payload = {"status": status, "error": f"{type(exc).__name__}: {exc}"}
+    _emit(payload)
+    return 0
+
+
 def run_worker(loop_name: str, row_key: str | None, quick: bool) -> int:
     """Run one row on a fresh loop (or, with ``row_key=None``, just probe the loop)."""
+    if loop_name == NATIVE and row_key is not None:
+        return _run_native(row_key, quick)
     try:
         loop = new_loop(loop_name)
     except Exception as exc:  # import error or factory failure
@@ -199,6 +246,8 @@ def run_worker(loop_name: str, row_key: str | None, quick: bool) -> int:
         if not isinstance(res, Result):
             res = Result(float(res))
         payload = {"status": "ok", "ops": res.ops, "detail": res.detail, **info}
+        if res.extra:
+            payload["extra"] = res.extra
     except BaseException as exc:  # noqa: BLE001 - report everything to the parent
         # "n/a": the loop lacks the API (a missing loop attribute or NotImplementedError);
         # anything else, e.g. an AttributeError deep inside the loop, is an error.
@@ -391,14 +440,22 @@ def _spread_text(cell: Cell) -> str:
     return "-" if cell.spread is None else f"{cell.spread:.1f}%"
 
 
+def _base_cell(r: Row, cells: dict, baseline: str | None) -> Cell | None:
+    """The cell a row's ratio is computed against: its own baseline loop's, or for a native
+    row the baseline cell of its ``ref`` row."""
+    if not baseline:
+        return None
+    return cells.get((r.ref if r.native else r.key, baseline))
+
+
 def render_text(rows: list[Row], loops: list[str], cells: dict, baseline: str | None) -> str:
     header = ["row", "loop", "best", "median", "unit", "spread"]
     header.append(f"vs {baseline}" if baseline else "ratio")
     right = {2, 3, 5, 6}
     table = [header]
     for r in rows:
-        base = cells.get((r.key, baseline)) if baseline else None
-        for i, name in enumerate(loops):
+        base = _base_cell(r, cells, baseline)
+        for i, name in enumerate(row_loops(r, loops)):
             c = cells[r.key, name]
             median = fmt_rate(statistics.median(c.values)) if c.values else "-"
             line = [r.title if i == 0 else "", name, _cell_text(c), median, r.unit]
@@ -422,7 +479,7 @@ def render_text(rows: list[Row], loops: list[str], cells: dict, baseline: str | 
 def render_notes(rows: list[Row], loops: list[str], cells: dict) -> list[str]:
     notes = []
     for r in rows:
-        for name in loops:
+        for name in row_loops(r, loops):
             c = cells[r.key, name]
             if c.failures:
                 uniq = sorted(set(c.failures))
@@ -436,7 +493,12 @@ def render_notes(rows: list[Row], loops: list[str], cells: dict) -> list[str]:
 
 
 def render_markdown(
-    rows: list[Row], loops: list[str], cells: dict, baseline: str | None, meta: dict
+    rows: list[Row],
+    loops: list[str],
+    cells: dict,
+    baseline: str | None,
+    meta: dict,
+    epilogue: list[str] | None = None,
 ) -> str:
     lines = []
     pk = ", ".join(f"{k} {v or '?'}" for k, v in meta["packages"].items() if k in loops)
@@ -451,13 +513,17 @@ def render_markdown(
         f"{pk}; {meta['date']}."
     )
     lines.append("")
-    lines.append("| row | unit | " + " | ".join(loops) + " |")
-    lines.append("|---|---|" + "---:|" * len(loops))
+    cols = loops + ([NATIVE] if any(r.native for r in rows) else [])
+    lines.append("| row | unit | " + " | ".join(cols) + " |")
+    lines.append("|---|---|" + "---:|" * len(cols))
     for r in rows:
-        base = cells.get((r.key, baseline)) if baseline else None
+        base = _base_cell(r, cells, baseline)
         parts = []
-        for name in loops:
-            c = cells[r.key, name]
+        for name in cols:
+            c = cells.get((r.key, name))
+            if c is None:
+                parts.append("")
+                continue
             if c.best is None:
                 parts.append(_cell_text(c))
                 continue
@@ -474,6 +540,9 @@ def render_markdown(
     if notes:
         lines.append("")
         lines.extend(f"- {n}" for n in notes)
+    if epilogue:
+        lines.append("")
+        lines.extend(epilogue)
     return "\n".join(lines) + "\n"
 
 
@@ -505,13 +574,22 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, description: str = "ferroloop benchmarks") -> int:
+# ``epilogue(rows, loops, cells, baseline) -> lines`` printed under the table (and added to the
+# markdown), e.g. ratios that the generic table cannot show.
+Epilogue = Callable[[list[Row], list[str], dict, str | None], list[str]]
+
+
+def main(
+    argv: list[str] | None = None,
+    description: str = "ferroloop benchmarks",
+    epilogue: Epilogue | None = None,
+) -> int:
     args = build_parser(description).parse_args(argv)
     main_mod = sys.modules["__main__"]
     script = os.path.abspath(getattr(main_mod, "__file__", sys.argv[0]))
 
     if args.worker:
-        if args.worker not in LOOPS:
+        if args.worker not in LOOPS and args.worker != NATIVE:
             print(f"unknown loop {args.worker!r}", file=sys.stderr)
             return 2
         if args.row is not None and args.row not in ROWS:
@@ -577,22 +655,24 @@ def main(argv: list[str] | None = None, description: str = "ferroloop benchmarks
         f"# {meta['cpu_model']} | {meta['cpu_count']} CPUs | Python {meta['python']} | "
         + " | ".join(f"{k} {v}" for k, v in meta["packages"].items() if k in loops)
     )
+    n_native = sum(r.native for r in rows)
     print(
-        f"# {len(rows)} rows x {len(loops)} loops x {rounds} rounds"
-        f"{' (quick)' if args.quick else ''}, one subprocess each"
+        f"# {len(rows) - n_native} rows x {len(loops)} loops"
+        + (f" + {n_native} native rows" if n_native else "")
+        + f" x {rounds} rounds{' (quick)' if args.quick else ''}, one subprocess each"
     )
     load = meta["loadavg_start"]
     if load is not None and load > 0.75 * (meta["cpu_affinity"] or meta["cpu_count"] or 1):
         print(f"# warning: load average {load:.2f} at start: other processes will add noise")
 
-    cells = {(r.key, name): Cell() for r in rows for name in loops}
+    cells = {(r.key, name): Cell() for r in rows for name in row_loops(r, loops)}
     raw = []
     t_start = time.perf_counter()
     for rnd in range(rounds):
         order = loops[rnd % len(loops) :] + loops[: rnd % len(loops)]
         print(f"round {rnd + 1}/{rounds}: order {', '.join(order)}", flush=True)
         for r in rows:
-            for name in order:
+            for name in row_loops(r, order):
                 res = _spawn(script, name, r.key, args.quick, timeout)
                 res.update({"round": rnd + 1, "row": r.key, "loop": name})
                 raw.append(res)
@@ -620,20 +700,24 @@ def main(argv: list[str] | None = None, description: str = "ferroloop benchmarks
         print()
         for n in notes:
             print(f"note: {n}")
+    extra_lines = epilogue(rows, loops, cells, baseline) if epilogue else []
+    if extra_lines:
+        print()
+        print("\n".join(extra_lines))
     for name in changed:
         print(f"warning: {name}'s files changed during the run (rebuilt?): rounds mix builds")
     print(f"\n(total {elapsed:.1f} s)")
 
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(render_markdown(rows, loops, cells, baseline, meta))
+            f.write(render_markdown(rows, loops, cells, baseline, meta, extra_lines))
         print(f"wrote {args.markdown}")
     if args.json:
         summary = {}
         for r in rows:
-            for name in loops:
+            for name in row_loops(r, loops):
                 c = cells[r.key, name]
-                base = cells.get((r.key, baseline)) if baseline else None
+                base = _base_cell(r, cells, baseline)
                 summary.setdefault(r.key, {})[name] = {
                     "status": c.status,
                     "best": c.best,
@@ -650,7 +734,10 @@ def main(argv: list[str] | None = None, description: str = "ferroloop benchmarks
                 }
         doc = {
             "meta": {**meta, "elapsed_seconds": round(elapsed, 2), "loadavg_end": _loadavg()},
-            "rows": {r.key: {"title": r.title, "unit": r.unit, "doc": r.doc} for r in rows},
+            "rows": {
+                r.key: {"title": r.title, "unit": r.unit, "doc": r.doc, "native": r.native}
+                for r in rows
+            },
             "summary": summary,
             "raw": raw,
         }

@@ -690,7 +690,7 @@ impl StreamTransport {
         let old = self.state.with(py, |s| {
             s.buffered = buffered;
             (
-                std::mem::replace(&mut s.protocol, Some(protocol.clone().unbind())),
+                s.protocol.replace(protocol.clone().unbind()),
                 std::mem::replace(&mut s.data_received, dr),
                 std::mem::replace(&mut s.get_buffer, gb),
                 std::mem::replace(&mut s.buffer_updated, bu),
