@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import errno
 import logging
+import selectors
 import signal
 import socket
 import sys
@@ -61,6 +62,22 @@ def _settle(fut: asyncio.Future, error: BaseException | None) -> None:
 
 def _sighandler_noop(signum: int, frame: Any) -> None:
     """The Python-level handler for signals the loop dispatches itself (via the wakeup fd)."""
+
+
+class _SelectorView:
+    def __init__(self, loop: Loop) -> None:
+        self._loop = loop
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        events = 0
+        if self._loop._has_io(fileobj, False):
+            events |= selectors.EVENT_READ
+        if self._loop._has_io(fileobj, True):
+            events |= selectors.EVENT_WRITE
+        if not events:
+            raise KeyError(f"{fileobj!r} is not registered")
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        return selectors.SelectorKey(fileobj, fd, events, None)
 
 
 class Loop(LoopCore, NetworkingMixin, asyncio.AbstractEventLoop):
@@ -383,6 +400,16 @@ class Loop(LoopCore, NetworkingMixin, asyncio.AbstractEventLoop):
         return self._remove_writer(fd)
 
     # ---------------------------------------------------------------- transports
+
+    @property
+    def _selector(self) -> _SelectorView | None:
+        """Read-only view of the reactor's registrations in the ``selectors`` API.
+
+        asyncio's own transport classes (datagram, pipes) consult ``loop._selector`` in their
+        ``repr()``; this answers them without exposing the native reactor. ``None`` once the
+        loop is closed, as asyncio's selector loop has it.
+        """
+        return None if self.is_closed() else _SelectorView(self)
 
     def _make_socket_transport(
         self,

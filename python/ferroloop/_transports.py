@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import warnings
-from asyncio import base_events, constants, futures, protocols, trsock
+from asyncio import base_events, constants, futures, protocols, transports, trsock
 from collections.abc import Callable
 from typing import Any
 
@@ -44,8 +44,12 @@ def _logger() -> Any:
     return base_events.logger
 
 
-class SocketTransport(asyncio.Transport):
-    """A TCP or Unix stream socket transport."""
+class SocketTransport(transports._FlowControlMixin):
+    """A TCP or Unix stream socket transport.
+
+    It derives from asyncio's flow-control base (as asyncio's own socket transport does, and
+    as ``loop.sendfile``'s fallback requires); the flow control itself is native.
+    """
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -60,7 +64,8 @@ class SocketTransport(asyncio.Transport):
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> None:
-        super().__init__(extra)
+        # Not _FlowControlMixin.__init__: its limits and counters live in the native core.
+        asyncio.Transport.__init__(self, extra)
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
