@@ -28,6 +28,7 @@ from typing import Any
 from . import _format
 from ._ferroloop import Handle, LoopCore
 from ._net import NetworkingMixin
+from ._subprocess import SubprocessMixin
 from ._transports import SocketTransport
 
 # asyncio's own constant for coroutine origin tracking in debug mode.
@@ -80,7 +81,7 @@ class _SelectorView:
         return selectors.SelectorKey(fileobj, fd, events, None)
 
 
-class Loop(LoopCore, NetworkingMixin, asyncio.AbstractEventLoop):
+class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop implemented in Rust."""
 
     def __init__(self) -> None:
@@ -95,6 +96,7 @@ class Loop(LoopCore, NetworkingMixin, asyncio.AbstractEventLoop):
         self._signal_handlers: dict[int, Handle] = {}
         self._ssock: socket.socket | None = None
         self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._child_pidfds: dict[int, int] = {}
         self._csock: socket.socket | None = None
         self.slow_callback_duration = 0.1
         self.set_debug(coroutines._is_debug_mode())
@@ -161,6 +163,7 @@ class Loop(LoopCore, NetworkingMixin, asyncio.AbstractEventLoop):
             _logger().debug("Close %r", self)
         self._mark_closed()
         self._remove_all_signal_handlers()
+        self._close_child_watches()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:

@@ -85,8 +85,6 @@ BORROWED: dict[type, tuple[str, ...]] = {
         "create_unix_server",
         "_make_read_pipe_transport",
         "_make_write_pipe_transport",
-        "_make_subprocess_transport",
-        "_child_watcher_callback",
         "_sock_sendfile_native",
         "_sock_sendfile_native_impl",
         "_sock_sendfile_update_filepos",

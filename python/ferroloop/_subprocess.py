@@ -1,0 +1,104 @@
+"""Child processes: spawning through asyncio's own subprocess transport, exit watched with a
+pidfd registered in the loop's reactor.
+
+No thread per child (asyncio 3.11's default watcher starts one per child) and no SIGCHLD
+handler (which would disturb other loops, threads and libraries): ``pidfd_open`` gives a file
+descriptor that becomes readable when the child exits; the loop then reaps exactly that child
+with ``waitpid``. A child still running when the loop closes is reaped by a daemon thread, so
+none is left as a zombie.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from asyncio import base_events, unix_events
+from typing import Any
+
+
+def _reap_later(pid: int) -> None:
+    def reap() -> None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    threading.Thread(target=reap, name=f"ferroloop-reap-{pid}", daemon=True).start()
+
+
+class SubprocessMixin:
+    """Mixed into ``ferroloop.Loop``."""
+
+    _child_pidfds: dict[int, int]
+
+    async def _make_subprocess_transport(
+        self,
+        protocol: Any,
+        args: Any,
+        shell: bool,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        bufsize: int,
+        extra: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        loop: Any = self
+        waiter = loop.create_future()
+        transp = unix_events._UnixSubprocessTransport(
+            loop,
+            protocol,
+            args,
+            shell,
+            stdin,
+            stdout,
+            stderr,
+            bufsize,
+            waiter=waiter,
+            extra=extra,
+            **kwargs,
+        )
+        self._watch_child(transp.get_pid(), transp)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
+
+    def _watch_child(self, pid: int, transp: Any) -> None:
+        loop: Any = self
+        pidfd = os.pidfd_open(pid)
+        self._child_pidfds[pidfd] = pid
+        loop._add_reader(pidfd, self._on_child_exit, pid, pidfd, transp)
+
+    def _on_child_exit(self, pid: int, pidfd: int, transp: Any) -> None:
+        loop: Any = self
+        loop._remove_reader(pidfd)
+        self._child_pidfds.pop(pidfd, None)
+        os.close(pidfd)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            # Someone else reaped it (a SIGCHLD handler, os.wait() elsewhere): asyncio
+            # reports 255 in that case.
+            returncode = 255
+            base_events.logger.warning(
+                "child process pid %d exit status already read:  will report returncode 255",
+                pid,
+            )
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+        # One more iteration first, as asyncio does, so pipe data already read is delivered.
+        loop.call_soon(transp._process_exited, returncode)
+
+    def _close_child_watches(self) -> None:
+        loop: Any = self
+        for pidfd, pid in list(self._child_pidfds.items()):
+            loop._remove_reader(pidfd)
+            os.close(pidfd)
+            _reap_later(pid)
+        self._child_pidfds.clear()
