@@ -398,6 +398,25 @@ impl LoopCore {
         Ok(())
     }
 
+    /// `call_soon(callback, *args, context=None)`. Python reaches it through the hand-written
+    /// fastcall entry point in `fastcall.rs`.
+    pub(crate) fn call_soon_impl(
+        slf: &Bound<'_, LoopCore>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let debug = this.state.with(py, |s| s.schedule_checks(true))??;
+        check_callback(py, callback, "call_soon", debug)?;
+        let h = Py::new(py, make_handle(py, callback, args, context, debug, false)?)?;
+        let queued = h.clone_ref(py);
+        this.state
+            .with(py, |s| s.ready.push_back(Ready::Call(queued)))?;
+        Ok(h)
+    }
+
     /// Queues `callback(*args)` in a copy of the current context, without the public API's
     /// checks (native transports scheduling their own callbacks).
     pub(crate) fn schedule_soon(
@@ -600,24 +619,6 @@ impl LoopCore {
     /// Number of timers in the heap, cancelled ones included (diagnostics).
     fn _timer_count(&self, py: Python<'_>) -> PyResult<usize> {
         self.state.with(py, |s| s.timers.len())
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        let debug = this.state.with(py, |s| s.schedule_checks(true))??;
-        check_callback(py, callback, "call_soon", debug)?;
-        let h = Py::new(py, make_handle(py, callback, args, context, debug, false)?)?;
-        let queued = h.clone_ref(py);
-        this.state
-            .with(py, |s| s.ready.push_back(Ready::Call(queued)))?;
-        Ok(h)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]

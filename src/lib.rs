@@ -9,6 +9,7 @@
 //! - [`gilcell`]: GIL-guarded interior mutability for the native state;
 //! - [`handles`]: `Handle`/`TimerHandle`, and how a callback runs in its context;
 //! - [`transports`]: native transports (stream sockets), driven by the reactor directly;
+//! - [`fastcall`]: hand-written fastcall entry points for the hottest loop methods;
 //! - [`event_loop`]: `LoopCore`, the iteration and the scheduling API;
 //! - [`pyhelpers`]: cached Python helpers used on cold paths (reprs, debug stacks).
 
@@ -17,6 +18,7 @@ use pyo3::prelude::*;
 mod clock;
 mod errors;
 mod event_loop;
+mod fastcall;
 mod gilcell;
 mod handles;
 mod pyhelpers;
@@ -28,6 +30,7 @@ mod waker;
 #[pymodule]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
+    fastcall::install(m.py())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
