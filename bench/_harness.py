@@ -542,7 +542,9 @@ def render_markdown(
         lines.extend(f"- {n}" for n in notes)
     if epilogue:
         lines.append("")
+        lines.append("```text")
         lines.extend(epilogue)
+        lines.append("```")
     return "\n".join(lines) + "\n"
 
 

@@ -326,8 +326,12 @@ impl LoopCore {
                     }
                 }
             }
-            let end = clock::monotonic() + this.clock_resolution;
+            // The clock is read only when there are timers to compare with.
+            let mut end = f64::NAN;
             while let Some(when) = s.timers.peek_when() {
+                if end.is_nan() {
+                    end = clock::monotonic() + this.clock_resolution;
+                }
                 if when >= end {
                     break;
                 }
