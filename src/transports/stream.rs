@@ -62,6 +62,9 @@ struct StreamState {
     low: usize,
     /// `loop.sendfile` waits for the buffer to drain on this future.
     empty_waiter: Option<PyObject>,
+    /// A copy of the context the transport was created in: protocol callbacks run in it, as
+    /// asyncio's reader and writer handles do.
+    context: Option<PyObject>,
 }
 
 impl StreamState {
@@ -91,6 +94,7 @@ impl StreamState {
         out.extend(self.get_buffer.take());
         out.extend(self.buffer_updated.take());
         out.extend(self.empty_waiter.take());
+        out.extend(self.context.take());
         if let Some(l) = self.loop_.take() {
             out.push(l.into_any());
         }
@@ -454,8 +458,36 @@ impl StreamTransport {
     }
 }
 
+/// Runs `f` inside the transport's context (see `StreamState::context`).
+fn in_context(slf: &Bound<'_, StreamTransport>, f: impl FnOnce() -> PyResult<()>) -> PyResult<()> {
+    let py = slf.py();
+    let ctx = slf
+        .get()
+        .state
+        .with(py, |s| s.context.as_ref().map(|c| c.clone_ref(py)))?;
+    let Some(ctx) = ctx.map(|c| c.into_bound(py)) else {
+        return f();
+    };
+    // SAFETY: `ctx` is a live Context we hold for the whole call; a failure to enter (already
+    // entered) is reported as an exception, which we fetch.
+    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let out = f();
+    // SAFETY: entered above on this thread; no exception is pending (results are in `out`).
+    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } != 0 {
+        let exit_err = PyErr::fetch(py);
+        return out.and(Err(exit_err));
+    }
+    out
+}
+
 /// The fd is readable: read once and hand the data to the protocol.
 pub(crate) fn on_readable(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
+    in_context(slf, || read_ready(slf, rbuf))
+}
+
+fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
     let py = slf.py();
     let st = slf.get().state.with(py, |s| {
         if !s.reading || s.conn_lost > 0 || s.fd < 0 {
@@ -540,7 +572,14 @@ fn read_into_protocol_buffer(
         }
     };
     let n = match ByteView::new(&buf, true) {
-        Err(e) => return StreamTransport::fatal(slf, e, "Fatal read error on socket transport"),
+        Err(_) => {
+            // The error socket.recv_into() gives for a read-only buffer, as asyncio reports it.
+            let e = PyTypeError::new_err(format!(
+                "recv_into() argument 1 must be read-write bytes-like object, not {}",
+                buf.get_type().name()?
+            ));
+            return StreamTransport::fatal(slf, e, "Fatal read error on socket transport");
+        }
         Ok(mut view) => {
             let len = view.len();
             // SAFETY: the writable view gives `len` bytes at `buf`, held until `view` drops.
@@ -575,6 +614,10 @@ fn read_into_protocol_buffer(
 
 /// The fd is writable: flush the buffer in one send.
 pub(crate) fn on_writable(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
+    in_context(slf, || write_ready(slf))
+}
+
+fn write_ready(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
     let py = slf.py();
     let res = slf.get().state.with(py, |s| {
         if !s.writing || s.conn_lost > 0 || s.fd < 0 {
@@ -640,6 +683,9 @@ pub(crate) fn on_writable(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
 impl StreamTransport {
     #[new]
     fn py_new(lp: Bound<'_, LoopCore>, fd: RawFd, owner: PyObject) -> PyResult<Self> {
+        let py = lp.py();
+        // SAFETY: returns a new reference, or NULL with an exception set.
+        let ctx = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
         if fd < 0 {
             return Err(PyValueError::new_err(format!(
                 "Invalid file descriptor: {fd}"
@@ -667,6 +713,7 @@ impl StreamTransport {
                 high: DEFAULT_HIGH_WATER,
                 low: DEFAULT_HIGH_WATER / 4,
                 empty_waiter: None,
+                context: Some(ctx.unbind()),
             }),
         })
     }
@@ -766,7 +813,12 @@ impl StreamTransport {
                 data.get_type().name()?.repr()?
             )));
         }
-        let view = ByteView::new(data, false)?;
+        let view = match ByteView::new(data, false) {
+            Ok(v) => v,
+            // asyncio accepts any bytes-like object here and fails the connection when the
+            // kernel call cannot use it (a non-contiguous memoryview).
+            Err(e) => return Self::fatal(slf, e, "Fatal write error on socket transport"),
+        };
         let bytes = view.as_slice();
         // Checks in asyncio's order: write_eof, sendfile, empty data, lost connection.
         let (eof, sendfile) = slf
