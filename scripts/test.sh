@@ -2,9 +2,13 @@
 # Builds ferroloop into .venv and runs every test:
 #   1. lints: cargo fmt --check, cargo clippy -D warnings, ruff check / format --check
 #   2. pytest: every scenario on asyncio's loop and on ferroloop, plus the example programs
-#   3. conformance: CPython's own test_asyncio modules with ferroloop swapped in, checked
+#   3. integration: real PostgreSQL and Redis servers (installed and started by
+#      scripts/services.sh), aiohttp, uvicorn, asyncpg, SQLAlchemy, redis-py, httpx, Sanic, Dask
+#      on both loops (tests/integration, part of the pytest run)
+#   4. conformance: CPython's own test_asyncio modules with ferroloop swapped in, checked
 #      against the per-module floors in tests/conformance/floors.json
-# Set FERROLOOP_SKIP_CONFORMANCE=1 to skip step 3 while iterating locally.
+# Set FERROLOOP_SKIP_SERVICES=1 to run without installing/starting the servers (their tests
+# are then skipped) and FERROLOOP_SKIP_CONFORMANCE=1 to skip step 4 while iterating locally.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -17,6 +21,15 @@ ruff format --check . >/dev/null
 
 echo "== build (debug)"
 maturin develop -q
+
+echo "== integration dependencies and services"
+python -m pip install -q -r scripts/requirements-integration.txt
+if [ "${FERROLOOP_SKIP_SERVICES:-0}" != "1" ]; then
+  scripts/services.sh install
+  scripts/services.sh start
+  trap 'scripts/services.sh stop >/dev/null 2>&1 || true' EXIT
+  export FERROLOOP_REQUIRE_SERVICES=1
+fi
 
 echo "== pytest"
 python -m pytest tests -q -p no:cacheprovider

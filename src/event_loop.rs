@@ -604,6 +604,12 @@ impl LoopCore {
         self.state.with(py, |s| s.stopping)
     }
 
+    /// Writable as on asyncio's loop (frameworks such as Sanic reset it after a run).
+    #[setter(_stopping)]
+    fn set_stopping(&self, py: Python<'_>, value: bool) -> PyResult<()> {
+        self.state.with(py, |s| s.stopping = value)
+    }
+
     #[getter]
     fn _thread_id(&self, py: Python<'_>) -> PyResult<Option<u64>> {
         self.state
