@@ -554,11 +554,16 @@ def _parse_list(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
+def build_parser(
+    description: str, default_rounds: tuple[int, int] = (ROUNDS_FULL, ROUNDS_QUICK)
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="short run for a demo (~1 minute)")
     p.add_argument(
-        "--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 3)"
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"interleaved rounds (default {default_rounds[0]}, quick {default_rounds[1]})",
     )
     p.add_argument(
         "--loops",
@@ -585,8 +590,9 @@ def main(
     argv: list[str] | None = None,
     description: str = "ferroloop benchmarks",
     epilogue: Epilogue | None = None,
+    default_rounds: tuple[int, int] = (ROUNDS_FULL, ROUNDS_QUICK),
 ) -> int:
-    args = build_parser(description).parse_args(argv)
+    args = build_parser(description, default_rounds).parse_args(argv)
     main_mod = sys.modules["__main__"]
     script = os.path.abspath(getattr(main_mod, "__file__", sys.argv[0]))
 
@@ -616,7 +622,7 @@ def main(
         print(f"error: unknown row(s): {', '.join(bad)}; known: {', '.join(ROWS)}")
         return 2
     rows = [ROWS[k] for k in row_keys]
-    rounds = args.rounds or (ROUNDS_QUICK if args.quick else ROUNDS_FULL)
+    rounds = args.rounds or (default_rounds[1] if args.quick else default_rounds[0])
     if rounds < 1:
         print("error: --rounds must be >= 1")
         return 2

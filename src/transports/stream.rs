@@ -288,52 +288,44 @@ impl StreamTransport {
         lp.get().schedule_soon(py, &cb, &PyTuple::new(py, [exc])?)
     }
 
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Flow control towards the protocol: `pause_writing()` once the buffer is above the
+    /// high-water mark (`pause`), `resume_writing()` once it is back at or below the low one.
+    /// A failing protocol method is reported, as asyncio does, and does not stop the transport.
+    fn flow_control(slf: &Bound<'_, Self>, pause: bool) -> PyResult<()> {
         let py = slf.py();
         let proto = slf.get().state.with(py, |s| {
-            if s.pending() <= s.high || s.protocol_paused {
+            let due = if pause {
+                !s.protocol_paused && s.pending() > s.high
+            } else {
+                s.protocol_paused && s.pending() <= s.low
+            };
+            if !due {
                 return None;
             }
-            s.protocol_paused = true;
+            s.protocol_paused = pause;
             s.protocol.as_ref().map(|p| p.clone_ref(py))
         })?;
-        if let Some(p) = proto {
-            if let Err(e) = p.bind(py).call_method0(intern!(py, "pause_writing")) {
-                if passes_through(py, &e) {
-                    return Err(e);
-                }
-                Self::call_owner(
-                    slf,
-                    intern!(py, "_report_protocol_error"),
-                    ("protocol.pause_writing() failed", e.into_value(py)),
-                )?;
-            }
+        let Some(p) = proto else { return Ok(()) };
+        let (method, message) = if pause {
+            (
+                intern!(py, "pause_writing"),
+                "protocol.pause_writing() failed",
+            )
+        } else {
+            (
+                intern!(py, "resume_writing"),
+                "protocol.resume_writing() failed",
+            )
+        };
+        match p.bind(py).call_method0(method) {
+            Ok(_) => Ok(()),
+            Err(e) if passes_through(py, &e) => Err(e),
+            Err(e) => Self::call_owner(
+                slf,
+                intern!(py, "_report_protocol_error"),
+                (message, e.into_value(py)),
+            ),
         }
-        Ok(())
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let proto = slf.get().state.with(py, |s| {
-            if !s.protocol_paused || s.pending() > s.low {
-                return None;
-            }
-            s.protocol_paused = false;
-            s.protocol.as_ref().map(|p| p.clone_ref(py))
-        })?;
-        if let Some(p) = proto {
-            if let Err(e) = p.bind(py).call_method0(intern!(py, "resume_writing")) {
-                if passes_through(py, &e) {
-                    return Err(e);
-                }
-                Self::call_owner(
-                    slf,
-                    intern!(py, "_report_protocol_error"),
-                    ("protocol.resume_writing() failed", e.into_value(py)),
-                )?;
-            }
-        }
-        Ok(())
     }
 
     /// End of input: `eof_received()` decides between half-open and close.
@@ -363,19 +355,18 @@ impl StreamTransport {
             .state
             .with(py, |s| s.wbuf.extend_from_slice(data))?;
         Self::watch(slf, true, true)?;
-        Self::maybe_pause_protocol(slf)
+        Self::flow_control(slf, true)
     }
 
-    /// Checks shared by `write` and `writelines`. `Ok(false)` means: silently drop the data.
-    fn write_allowed(slf: &Bound<'_, Self>) -> PyResult<bool> {
+    /// Checks shared by `write` and `writelines`, in asyncio's order: after `write_eof`,
+    /// during `sendfile`, nothing to write, connection lost. `Ok(false)`: drop the data
+    /// silently (asyncio warns after a few writes to a lost connection).
+    fn write_allowed(slf: &Bound<'_, Self>, empty: bool) -> PyResult<bool> {
         let py = slf.py();
-        let (eof, sendfile, lost) = slf.get().state.with(py, |s| {
-            let lost = s.conn_lost;
-            if lost > 0 {
-                s.conn_lost += 1;
-            }
-            (s.eof, s.empty_waiter.is_some(), lost)
-        })?;
+        let (eof, sendfile) = slf
+            .get()
+            .state
+            .with(py, |s| (s.eof, s.empty_waiter.is_some()))?;
         if eof {
             return Err(PyRuntimeError::new_err(
                 "Cannot call write() after write_eof()",
@@ -386,16 +377,26 @@ impl StreamTransport {
                 "unable to write; sendfile is in progress",
             ));
         }
-        if lost > 0 {
-            if lost >= CONNLOST_WARN_THRESHOLD {
-                let logger = py
-                    .import("asyncio.base_events")?
-                    .getattr(intern!(py, "logger"))?;
-                logger.call_method1("warning", ("socket.send() raised exception.",))?;
-            }
+        if empty {
             return Ok(false);
         }
-        Ok(true)
+        let lost = slf.get().state.with(py, |s| {
+            let lost = s.conn_lost;
+            if lost > 0 {
+                s.conn_lost += 1;
+            }
+            lost
+        })?;
+        if lost == 0 {
+            return Ok(true);
+        }
+        if lost >= CONNLOST_WARN_THRESHOLD {
+            let logger = py
+                .import("asyncio.base_events")?
+                .getattr(intern!(py, "logger"))?;
+            logger.call_method1("warning", ("socket.send() raised exception.",))?;
+        }
+        Ok(false)
     }
 
     fn shutdown_write(&self, py: Python<'_>) -> PyResult<()> {
@@ -649,7 +650,7 @@ fn write_ready(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
             Ok(())
         }
         Some(Ok(_)) => {
-            StreamTransport::maybe_resume_protocol(slf)?;
+            StreamTransport::flow_control(slf, false)?;
             let (empty, closing, eof, waiter) = slf.get().state.with(py, |s| {
                 (
                     s.pending() == 0,
@@ -820,25 +821,7 @@ impl StreamTransport {
             Err(e) => return Self::fatal(slf, e, "Fatal write error on socket transport"),
         };
         let bytes = view.as_slice();
-        // Checks in asyncio's order: write_eof, sendfile, empty data, lost connection.
-        let (eof, sendfile) = slf
-            .get()
-            .state
-            .with(py, |s| (s.eof, s.empty_waiter.is_some()))?;
-        if eof {
-            return Err(PyRuntimeError::new_err(
-                "Cannot call write() after write_eof()",
-            ));
-        }
-        if sendfile {
-            return Err(PyRuntimeError::new_err(
-                "unable to write; sendfile is in progress",
-            ));
-        }
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        if !Self::write_allowed(slf)? {
+        if !Self::write_allowed(slf, bytes.is_empty())? {
             return Ok(());
         }
         // Fast path: nothing queued, send now.
@@ -880,21 +863,7 @@ impl StreamTransport {
                 views.push(v);
             }
         }
-        let (eof, sendfile) = slf
-            .get()
-            .state
-            .with(py, |s| (s.eof, s.empty_waiter.is_some()))?;
-        if eof {
-            return Err(PyRuntimeError::new_err(
-                "Cannot call write() after write_eof()",
-            ));
-        }
-        if sendfile {
-            return Err(PyRuntimeError::new_err(
-                "unable to write; sendfile is in progress",
-            ));
-        }
-        if views.is_empty() || !Self::write_allowed(slf)? {
+        if !Self::write_allowed(slf, views.is_empty())? {
             return Ok(());
         }
         let total: usize = views.iter().map(|v| v.len()).sum();
@@ -1033,7 +1002,7 @@ impl StreamTransport {
             s.high = h as usize;
             s.low = l as usize;
         })?;
-        Self::maybe_pause_protocol(slf)
+        Self::flow_control(slf, true)
     }
 
     /// For `loop.sendfile`: a future resolved when the output buffer is empty.
