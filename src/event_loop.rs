@@ -410,14 +410,30 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
+        Self::enqueue(slf, callback, args, context, false)
+    }
+
+    /// `call_soon` and `call_soon_threadsafe`: the same queueing (a polling loop is woken
+    /// either way); only the debug-mode thread check differs.
+    fn enqueue(
+        slf: &Bound<'_, LoopCore>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+        threadsafe: bool,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
-        let debug = this.state.with(py, |s| s.schedule_checks(true))??;
-        check_callback(py, callback, "call_soon", debug)?;
+        let debug = this.state.with(py, |s| s.schedule_checks(!threadsafe))??;
+        let method = if threadsafe {
+            "call_soon_threadsafe"
+        } else {
+            "call_soon"
+        };
+        check_callback(py, callback, method, debug)?;
         let h = Py::new(py, make_handle(py, callback, args, context, debug, false)?)?;
         let queued = h.clone_ref(py);
-        this.state
-            .with(py, |s| s.ready.push_back(Ready::Call(queued)))?;
+        this.state.with(py, |s| s.push_ready(queued))?;
         Ok(h)
     }
 
@@ -638,14 +654,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        let debug = this.state.with(py, |s| s.schedule_checks(false))??;
-        check_callback(py, callback, "call_soon_threadsafe", debug)?;
-        let h = Py::new(py, make_handle(py, callback, args, context, debug, false)?)?;
-        let queued = h.clone_ref(py);
-        this.state.with(py, |s| s.push_ready(queued))?;
-        Ok(h)
+        Self::enqueue(slf, callback, args, context, true)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
