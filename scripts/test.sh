@@ -36,5 +36,5 @@ python -m pytest tests -q -p no:cacheprovider
 
 if [ "${FERROLOOP_SKIP_CONFORMANCE:-0}" != "1" ] && [ -f tests/conformance/run_conformance.py ]; then
   echo "== CPython test_asyncio conformance (ferroloop swapped in)"
-  python tests/conformance/run_conformance.py --loop ferroloop --check -j 2
+  python tests/conformance/run_conformance.py --loop ferroloop --check -j 3 --budget 900
 fi

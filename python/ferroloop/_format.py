@@ -33,6 +33,14 @@ def format_handle(handle: Any) -> str:
     return "<{}>".format(" ".join(info))
 
 
+def describe_for_log(handle: Any) -> str:
+    """How asyncio names a slow callback: the task for a task step, else the handle."""
+    owner = getattr(handle._callback, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        return repr(owner)
+    return str(handle)
+
+
 def extract_stack() -> Any:
     """The stack of whoever called into the loop (the native method has no frame)."""
     return format_helpers.extract_stack(sys._getframe(1))

@@ -206,7 +206,7 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
     def _check_slow_callback(self, handle: Handle, seconds: float) -> None:
         if seconds >= self.slow_callback_duration:
             _logger().warning(
-                "Executing %s took %.3f seconds", _format.format_handle(handle), seconds
+                "Executing %s took %.3f seconds", _format.describe_for_log(handle), seconds
             )
 
     # ---------------------------------------------------------------- futures and tasks

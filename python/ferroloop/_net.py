@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import ipaddress
-import socket
 import threading
 from asyncio import base_events, futures, selector_events, unix_events
 from typing import Any
@@ -162,18 +161,20 @@ class NetworkingMixin:
         proto: int = 0,
         flags: int = 0,
     ) -> list[Any]:
+        # The socket module as asyncio's own code sees it (tests and tools patch it there).
+        sock_mod = base_events.socket
         if _is_numeric_host(host) and _is_numeric_port(port):
             # Numeric: the C library answers without any lookup; the result is exactly
             # socket.getaddrinfo's because it is socket.getaddrinfo.
-            return socket.getaddrinfo(host, port, family, type, proto, flags)
+            return sock_mod.getaddrinfo(host, port, family, type, proto, flags)
         loop: Any = self
         return await futures.wrap_future(
-            _resolver_pool().submit(socket.getaddrinfo, host, port, family, type, proto, flags),
+            _resolver_pool().submit(sock_mod.getaddrinfo, host, port, family, type, proto, flags),
             loop=loop,
         )
 
     async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> Any:
         loop: Any = self
         return await futures.wrap_future(
-            _resolver_pool().submit(socket.getnameinfo, sockaddr, flags), loop=loop
+            _resolver_pool().submit(base_events.socket.getnameinfo, sockaddr, flags), loop=loop
         )
