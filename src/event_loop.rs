@@ -398,8 +398,9 @@ impl LoopCore {
         let dt = clock::monotonic() - t0;
         let _ = slf.setattr(intern!(py, "_current_handle"), py.None());
         res?;
-        slf.call_method1(intern!(py, "_check_slow_callback"), (hb, dt))?;
-        Ok(())
+        let checked = slf.call_method1(intern!(py, "_check_slow_callback"), (hb, dt));
+        release_after_error(py, hb);
+        checked.map(drop)
     }
 
     /// `call_soon(callback, *args, context=None)`. Python reaches it through the hand-written

@@ -143,7 +143,8 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
             return None;
         }
         let ctx = s.context.as_ref()?.clone_ref(py);
-        if s.persistent {
+        // Debug mode keeps the callback until the slow-callback check has formatted it.
+        if s.persistent || s.debug {
             Some((
                 s.callback.as_ref()?.clone_ref(py),
                 s.args.as_ref()?.clone_ref(py),
@@ -198,7 +199,8 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
     }
 }
 
-/// After the error of a one-shot handle was reported, release its callback and arguments.
+/// After a one-shot handle's error was reported (or, in debug mode, after it ran and was
+/// checked for slowness), release its callback and arguments.
 pub(crate) fn release_after_error(py: Python<'_>, h: &Bound<'_, Handle>) {
     let released = h.get().state.try_with(py, |s| {
         if s.persistent {
@@ -274,6 +276,13 @@ impl Handle {
         self.state.with(py, |s| opt(py, &s.repr_at_cancel))
     }
 
+    /// `asyncio.Handle`, so that `isinstance(handle, asyncio.Handle)` holds as the asyncio
+    /// documentation promises for `call_soon`'s result (`type(handle)` stays this class).
+    #[getter]
+    fn __class__(&self, py: Python<'_>) -> PyResult<PyObject> {
+        Ok(py.import("asyncio.events")?.getattr("Handle")?.unbind())
+    }
+
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
         let py = slf.py();
         let cached = slf
@@ -318,6 +327,15 @@ fn when_of(h: &Bound<'_, TimerHandle>) -> PyResult<f64> {
 impl TimerHandle {
     fn when(slf: &Bound<'_, Self>) -> PyResult<f64> {
         when_of(slf)
+    }
+
+    /// `asyncio.TimerHandle` (see `Handle.__class__`).
+    #[getter]
+    fn __class__(&self, py: Python<'_>) -> PyResult<PyObject> {
+        Ok(py
+            .import("asyncio.events")?
+            .getattr("TimerHandle")?
+            .unbind())
     }
 
     #[getter]
