@@ -790,6 +790,51 @@ def test_abort_drops_queue(loop, closer, tmpdir_short):
     run(loop, main())
 
 
+def test_close_then_abort_with_queue(loop, closer, tmpdir_short):
+    async def main():
+        tr, proto, sink = await unix_sender(loop, closer, tmpdir_short)
+        n = 0
+        while tr.get_write_buffer_size() == 0:
+            fill(tr, 100, 1, n)
+            n += 1
+        tr.close()
+        tr.abort()
+        assert await proto.lost is None
+        await settle()
+        assert proto.lost_calls == 1
+        assert proto.events[-1] == "lost"
+
+    run(loop, main())
+
+
+def test_pause_writing_exception_is_reported(loop, closer, tmpdir_short):
+    class Boom(Recorder):
+        def pause_writing(self):
+            super().pause_writing()
+            raise RuntimeError("from pause_writing")
+
+    async def main():
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        path = os.path.join(tmpdir_short, "sink")
+        plain(socket.AF_UNIX, path, closer)
+        tr, proto = await loop.create_datagram_endpoint(
+            lambda: Boom(loop), remote_addr=path, family=socket.AF_UNIX
+        )
+        closer(tr)
+        tr.set_write_buffer_limits(high=0)
+        n = 0
+        while not contexts:
+            fill(tr, 100, 1, n)
+            n += 1
+        assert contexts[0]["message"] == "protocol.pause_writing() failed"
+        assert isinstance(contexts[0]["exception"], RuntimeError)
+        assert contexts[0]["transport"] is tr
+        assert not tr.is_closing()
+
+    run(loop, main())
+
+
 # ---------------------------------------------------------------- close / abort
 
 
@@ -995,3 +1040,65 @@ def test_no_fd_leaks(loop, tmpdir_short):
         assert _open_fds() == before
 
     run(loop, main(), timeout=15)
+
+
+# ---------------------------------------------------------------- ferroloop's own choices
+
+
+def test_sendto_after_close_on_unconnected_endpoint_is_dropped_ferroloop(ferroloop_loop, caplog):
+    # Deliberate difference (README): asyncio still sends here, then fails once the socket
+    # is gone; ferroloop drops, as asyncio does for a connected endpoint.
+    loop = ferroloop_loop
+
+    async def main():
+        peer = plain()
+        with peer:
+            tr, proto = await loop.create_datagram_endpoint(
+                lambda: Recorder(loop), local_addr=LOCAL
+            )
+            tr.close()
+            tr.sendto(b"dropped", peer.getsockname())
+            await proto.lost
+            with caplog.at_level(logging.WARNING, logger="asyncio"):
+                for _ in range(4):  # the 5th sendto after close() warns
+                    tr.sendto(b"dropped", peer.getsockname())
+            assert [r.getMessage() for r in caplog.records] == ["socket.send() raised exception."]
+            assert drain(peer) == []
+
+    run(loop, main())
+
+
+def test_write_buffer_size_after_abort_ferroloop(ferroloop_loop, tmpdir_short):
+    loop = ferroloop_loop
+
+    async def main():
+        path = os.path.join(tmpdir_short, "sink")
+        with plain(socket.AF_UNIX, path):
+            tr, proto = await loop.create_datagram_endpoint(
+                lambda: Recorder(loop), remote_addr=path, family=socket.AF_UNIX
+            )
+            while tr.get_write_buffer_size() == 0:
+                tr.sendto(b"x" * 100)
+            tr.abort()
+            assert tr.get_write_buffer_size() == 0
+            await proto.lost
+
+    run(loop, main())
+
+
+def test_same_peer_same_address_object_ferroloop(ferroloop_loop):
+    loop = ferroloop_loop
+
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(lambda: Recorder(loop), local_addr=LOCAL)
+        with plain() as a, plain() as b:
+            for s in (a, a, b, a):
+                s.sendto(b"x", tr.get_extra_info("sockname"))
+            await until(lambda: len(proto.datagrams) == 4)
+            addrs = [addr for _, addr in proto.datagrams]
+            assert addrs == [a.getsockname(), a.getsockname(), b.getsockname(), a.getsockname()]
+        assert addrs[0] is addrs[1]
+        tr.close()
+        await proto.lost
+
+    run(loop, main())
