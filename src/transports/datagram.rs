@@ -572,14 +572,15 @@ impl DatagramTransport {
         dest: &Dest,
     ) -> PyResult<Sent> {
         let py = slf.py();
-        let (fd, sock) = slf
-            .get()
-            .state
-            .with(py, |s| (s.fd, s.sock.as_ref().map(|o| o.clone_ref(py))))?;
+        let fd = slf.get().state.with(py, |s| s.fd)?;
         match dest {
             Dest::Connected if fd >= 0 => Ok(send_native(fd, data, None)),
             Dest::Native(sa) if fd >= 0 => Ok(send_native(fd, data, Some(sa))),
             Dest::Python(addr) => {
+                let sock = slf
+                    .get()
+                    .state
+                    .with(py, |s| s.sock.as_ref().map(|o| o.clone_ref(py)))?;
                 let Some(sock) = sock else {
                     return Ok(Sent::OsError(os_error_from(libc::EBADF)));
                 };
@@ -601,24 +602,6 @@ impl DatagramTransport {
             }
             _ => Ok(Sent::OsError(os_error_from(libc::EBADF))),
         }
-    }
-
-    /// Where `addr` goes, for an unconnected socket.
-    fn resolve(&self, py: Python<'_>, addr: &Bound<'_, PyAny>) -> PyResult<Dest> {
-        let (family, cached) = self.state.with(py, |s| {
-            let cached = s
-                .last_peer
-                .as_ref()
-                .and_then(|(sa, o)| o.is(addr).then_some(*sa));
-            (s.family, cached)
-        })?;
-        if let Some(sa) = cached {
-            return Ok(Dest::Native(sa));
-        }
-        Ok(match parse_inet(family, addr) {
-            Some(sa) => Dest::Native(sa),
-            None => Dest::Python(addr.clone().unbind()),
-        })
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -972,12 +955,8 @@ impl DatagramTransport {
                 view.as_slice()
             }
         };
-        let (send_empty, address, connected) = slf.get().state.with(py, |s| {
-            (
-                s.send_empty,
-                s.address.as_ref().map(|a| a.clone_ref(py)),
-                s.connected,
-            )
+        let (send_empty, address) = slf.get().state.with(py, |s| {
+            (s.send_empty, s.address.as_ref().map(|a| a.clone_ref(py)))
         })?;
         if bytes.is_empty() && !send_empty {
             return Ok(());
@@ -994,28 +973,42 @@ impl DatagramTransport {
             }
             addr = address;
         }
-        let lost = slf.get().state.with(py, |s| {
-            let lost = s.conn_lost;
-            if lost > 0 {
+        // One look at the state: lost connection, destination (connected, or the last
+        // sender's address object), and whether anything is queued.
+        let pre = slf.get().state.with(py, |s| {
+            if s.conn_lost > 0 {
+                let lost = s.conn_lost;
                 s.conn_lost += 1;
+                return Err(lost);
             }
-            lost
+            let dest = if s.connected {
+                Some(Dest::Connected)
+            } else {
+                s.last_peer
+                    .as_ref()
+                    .and_then(|(sa, o)| o.is(&addr).then_some(Dest::Native(*sa)))
+            };
+            Ok((dest, s.family, s.queue.is_empty()))
         })?;
-        if lost > 0 {
-            if lost >= CONNLOST_WARN_THRESHOLD {
-                let logger = py
-                    .import("asyncio.base_events")?
-                    .getattr(intern!(py, "logger"))?;
-                logger.call_method1("warning", ("socket.send() raised exception.",))?;
+        let (dest, family, idle) = match pre {
+            Ok(pre) => pre,
+            Err(lost) => {
+                if lost >= CONNLOST_WARN_THRESHOLD {
+                    let logger = py
+                        .import("asyncio.base_events")?
+                        .getattr(intern!(py, "logger"))?;
+                    logger.call_method1("warning", ("socket.send() raised exception.",))?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        let dest = if connected {
-            Dest::Connected
-        } else {
-            slf.get().resolve(py, &addr)?
         };
-        let idle = slf.get().state.with(py, |s| s.queue.is_empty())?;
+        let dest = match dest {
+            Some(d) => d,
+            None => match parse_inet(family, &addr) {
+                Some(sa) => Dest::Native(sa),
+                None => Dest::Python(addr.unbind()),
+            },
+        };
         if idle {
             // Attempt to send it right away first.
             match Self::try_send(slf, bytes, Some(data), &dest)? {
