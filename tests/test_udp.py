@@ -390,6 +390,33 @@ def test_sendto_port_out_of_range_is_fatal(loop, closer):
     run(loop, main())
 
 
+def test_sendto_non_contiguous_buffer(loop, closer, tmpdir_short):
+    """asyncio accepts the object; the socket refuses it: a fatal write error. Queued
+    behind other datagrams, it is copied and sent whole."""
+
+    async def main():
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        tr, proto, sink = await unix_sender(loop, closer, tmpdir_short)
+        n = 0
+        while tr.get_write_buffer_size() == 0:
+            fill(tr, 10, 1, n)
+            n += 1
+        tr.sendto(memoryview(b"a-b-c-")[::2])
+        received: list[bytes] = []
+        while b"abc" not in received:
+            received += drain(sink)
+            await asyncio.sleep(0.001)
+        assert not tr.is_closing()
+        tr.sendto(memoryview(b"a-b-c-")[::2])
+        exc = await proto.lost
+        assert isinstance(exc, BufferError)
+        assert [c["message"] for c in contexts] == ["Fatal write error on datagram transport"]
+        assert contexts[0]["exception"] is exc
+
+    run(loop, main())
+
+
 def test_sendto_os_error_goes_to_error_received(loop, closer):
     async def main():
         tr, proto = await endpoint(loop, closer, local_addr=LOCAL)

@@ -948,12 +948,24 @@ impl DatagramTransport {
             )));
         }
         let view;
+        let copy;
+        // A buffer the socket refuses (non-contiguous): asyncio hands it to the socket, which
+        // raises; the error is kept for that moment, and a copy is what gets queued.
+        let mut refused = None;
         let bytes: &[u8] = match data.downcast::<PyBytes>() {
             Ok(b) => b.as_bytes(),
-            Err(_) => {
-                view = ByteView::new(data, false)?;
-                view.as_slice()
-            }
+            Err(_) => match ByteView::new(data, false) {
+                Ok(v) => {
+                    view = v;
+                    view.as_slice()
+                }
+                Err(e) if passes_through(py, &e) => return Err(e),
+                Err(e) => {
+                    refused = Some(e);
+                    copy = py.get_type::<PyBytes>().call1((data,))?;
+                    copy.downcast::<PyBytes>()?.as_bytes()
+                }
+            },
         };
         let (send_empty, address) = slf.get().state.with(py, |s| {
             (s.send_empty, s.address.as_ref().map(|a| a.clone_ref(py)))
@@ -1011,7 +1023,11 @@ impl DatagramTransport {
         };
         if idle {
             // Attempt to send it right away first.
-            match Self::try_send(slf, bytes, Some(data), &dest)? {
+            let sent = match refused {
+                Some(e) => Sent::Fatal(e),
+                None => Self::try_send(slf, bytes, Some(data), &dest)?,
+            };
+            match sent {
                 Sent::Done => return Ok(()),
                 Sent::WouldBlock => Self::watch(slf, true, true)?,
                 Sent::OsError(e) => return Self::error_received(slf, e),
