@@ -9,6 +9,7 @@ cover ferroloop's deliberate differences (see README) and its native internals.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import os
@@ -969,6 +970,100 @@ def test_pause_reading_in_connection_made(loop, closer):
         assert proto.datagrams == []
         tr.resume_reading()
         await until(lambda: proto.datagrams)
+
+    run(loop, main())
+
+
+# ---------------------------------------------------------------- contextvars
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+class ContextSpy(Recorder):
+    """Records the value of ``request_id`` each callback sees (the last one per kind)."""
+
+    def __init__(self, loop) -> None:
+        super().__init__(loop)
+        self.seen: dict[str, str] = {}
+
+    def connection_made(self, transport) -> None:
+        self.seen["connection_made"] = request_id.get()
+        super().connection_made(transport)
+
+    def datagram_received(self, data, addr) -> None:
+        self.seen["datagram_received"] = request_id.get()
+        super().datagram_received(data, addr)
+
+    def error_received(self, exc) -> None:
+        self.seen["error_received"] = request_id.get()
+        super().error_received(exc)
+
+    def pause_writing(self) -> None:
+        self.seen["pause_writing"] = request_id.get()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self.seen["resume_writing"] = request_id.get()
+        super().resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        self.seen["connection_lost"] = request_id.get()
+        super().connection_lost(exc)
+
+
+def test_protocol_callbacks_contexts(loop, closer):
+    """As asyncio: the receive path runs in the context of the setup call (then of
+    resume_reading()); errors from sendto() in the caller's; connection_lost in the closer's."""
+
+    async def setup():
+        request_id.set("setup")
+        probe = plain()
+        closed_addr = probe.getsockname()
+        probe.close()
+        return await loop.create_datagram_endpoint(
+            lambda: ContextSpy(loop), remote_addr=closed_addr
+        )
+
+    async def main():
+        tr, proto = await asyncio.create_task(setup())
+        closer(tr)
+        request_id.set("later")
+        tr.sendto(b"x")  # ICMP port unreachable: error_received from the receive path
+        await until(lambda: proto.errors)
+        assert proto.seen == {"connection_made": "setup", "error_received": "setup"}
+        tr.pause_reading()
+        request_id.set("resumer")
+        tr.resume_reading()
+        request_id.set("after resume")
+        tr.sendto(b"y")
+        await until(lambda: len(proto.errors) == 2)
+        assert proto.seen["error_received"] == "resumer"
+        request_id.set("closer")
+        tr.close()
+        await proto.lost
+        assert proto.seen["connection_lost"] == "closer"
+
+    run(loop, main())
+
+
+def test_queue_flush_runs_in_the_context_of_the_queuing_sendto(loop, closer, tmpdir_short):
+    async def main():
+        path = os.path.join(tmpdir_short, "sink")
+        sink = plain(socket.AF_UNIX, path, closer)
+        tr, proto = await loop.create_datagram_endpoint(
+            lambda: ContextSpy(loop), remote_addr=path, family=socket.AF_UNIX
+        )
+        closer(tr)
+        tr.set_write_buffer_limits(high=0)
+        request_id.set("queuing")
+        while "pause_writing" not in proto.seen:
+            tr.sendto(b"x" * 100)
+        request_id.set("draining")
+        while "resume_writing" not in proto.seen:
+            drain(sink)
+            await asyncio.sleep(0.001)
+        assert proto.seen["pause_writing"] == "queuing"
+        assert proto.seen["resume_writing"] == "queuing"
 
     run(loop, main())
 

@@ -21,6 +21,11 @@
 //!   the socket is writable; other `OSError`s go to `protocol.error_received`, anything else is
 //!   a fatal error, as in asyncio.
 //!
+//! Protocol callbacks run in the `contextvars.Context` asyncio would run them in: the receive
+//! path in a copy of the context current when reading was started (`connection_made` time, or
+//! `resume_reading`), the flush of the queue in the one current when the writer was registered
+//! (the `sendto` that queued).
+//!
 //! The Python wrapper (`ferroloop._transports.DatagramTransport`) owns the socket object and
 //! the extra info, and the cold paths: `_fatal_error`, `_call_connection_lost` and the error
 //! reports. This module calls them by name.
@@ -158,6 +163,11 @@ struct DatagramState {
     /// The last sender seen by `recvfrom`, in kernel form and as the Python object handed to
     /// the protocol.
     last_peer: Option<(SockAddr, PyObject)>,
+    /// The `contextvars.Context` the receive path runs in: a copy of the one current when
+    /// reading was (re)started, as asyncio's reader handle captures it.
+    read_ctx: Option<PyObject>,
+    /// Likewise for the flush of the queue: current when the writer was registered.
+    write_ctx: Option<PyObject>,
 }
 
 impl DatagramState {
@@ -169,6 +179,8 @@ impl DatagramState {
         out.extend(self.datagram_received.take());
         out.extend(self.address.take());
         out.extend(self.last_peer.take().map(|(_, o)| o));
+        out.extend(self.read_ctx.take());
+        out.extend(self.write_ctx.take());
         for p in self.queue.drain(..) {
             if let Dest::Python(a) = p.dest {
                 out.push(a);
@@ -429,13 +441,18 @@ impl DatagramTransport {
         };
         lp.get()
             .watch_datagram(py, fd, &slf.clone().unbind(), write, on)?;
-        slf.get().state.with(py, |s| {
+        let ctx = if on { Some(copy_context(py)?) } else { None };
+        let old = slf.get().state.with(py, |s| {
             if write {
                 s.writing = on;
+                std::mem::replace(&mut s.write_ctx, ctx)
             } else {
                 s.reading = on;
+                std::mem::replace(&mut s.read_ctx, ctx)
             }
-        })
+        })?;
+        drop(old);
+        Ok(())
     }
 
     fn owner(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
@@ -791,17 +808,69 @@ impl DatagramTransport {
     }
 }
 
-/// The fd is readable: receive one datagram and hand it to the protocol.
+/// A copy of the current `contextvars.Context`.
+fn copy_context(py: Python<'_>) -> PyResult<PyObject> {
+    // SAFETY: PyContext_CopyCurrent returns a new reference, or NULL with an exception set.
+    let p = unsafe { ffi::PyContext_CopyCurrent() };
+    // SAFETY: `p` is a new reference (ownership taken) or NULL.
+    Ok(unsafe { Bound::from_owned_ptr_or_err(py, p) }?.unbind())
+}
+
+/// Runs `f` inside `ctx` (as `ctx.run(f)`), or in the current context when there is none.
+fn in_context<R>(
+    py: Python<'_>,
+    ctx: Option<&Bound<'_, PyAny>>,
+    f: impl FnOnce() -> PyResult<R>,
+) -> PyResult<R> {
+    let Some(ctx) = ctx else { return f() };
+    // SAFETY: `ctx` is a live reference for the whole call. A context that is already entered
+    // (or not a Context) makes PyContext_Enter fail with an exception set, fetched here.
+    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let out = f();
+    // SAFETY: `ctx` was entered above on this thread; no exception is pending (an error of
+    // `f` is held in `out`).
+    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } != 0 {
+        let exit_err = PyErr::fetch(py);
+        return out.and(Err(exit_err));
+    }
+    out
+}
+
+/// The fd is readable: receive one datagram and hand it to the protocol, in the context
+/// reading was started in.
 pub(crate) fn on_readable(slf: &Bound<'_, DatagramTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
-    match DatagramTransport::read_ready(slf, rbuf) {
+    let py = slf.py();
+    let res = slf
+        .get()
+        .state
+        .with(py, |s| s.read_ctx.as_ref().map(|c| c.clone_ref(py)))
+        .and_then(|ctx| {
+            let ctx = ctx.map(|c| c.into_bound(py));
+            in_context(py, ctx.as_ref(), || {
+                DatagramTransport::read_ready(slf, rbuf)
+            })
+        });
+    match res {
         Ok(()) => Ok(()),
         Err(e) => DatagramTransport::report_callback_error(slf, e, "_read_ready"),
     }
 }
 
-/// The fd is writable: send what is queued, until the kernel refuses more.
+/// The fd is writable: send what is queued, until the kernel refuses more, in the context the
+/// writer was registered in.
 pub(crate) fn on_writable(slf: &Bound<'_, DatagramTransport>) -> PyResult<()> {
-    match DatagramTransport::sendto_ready(slf) {
+    let py = slf.py();
+    let res = slf
+        .get()
+        .state
+        .with(py, |s| s.write_ctx.as_ref().map(|c| c.clone_ref(py)))
+        .and_then(|ctx| {
+            let ctx = ctx.map(|c| c.into_bound(py));
+            in_context(py, ctx.as_ref(), || DatagramTransport::sendto_ready(slf))
+        });
+    match res {
         Ok(()) => Ok(()),
         Err(e) => DatagramTransport::report_callback_error(slf, e, "_sendto_ready"),
     }
@@ -855,6 +924,8 @@ impl DatagramTransport {
                 high: DEFAULT_HIGH_WATER,
                 low: DEFAULT_HIGH_WATER / 4,
                 last_peer: None,
+                read_ctx: None,
+                write_ctx: None,
             }),
         })
     }
@@ -1174,6 +1245,9 @@ impl DatagramTransport {
             .into_iter()
             .flatten()
             {
+                visit.call(o)?;
+            }
+            for o in [&s.read_ctx, &s.write_ctx].into_iter().flatten() {
                 visit.call(o)?;
             }
             if let Some((_, o)) = &s.last_peer {
