@@ -44,6 +44,7 @@ use crate::handles::{
 use crate::pyhelpers;
 use crate::reactor::{event_is_readable, event_is_writable, Io, Reactor, READABLE};
 use crate::scheduler::{Ready, ReadyQueue, TimerHeap};
+use crate::transports::datagram::{self, DatagramTransport};
 use crate::transports::stream::{self, StreamTransport};
 use crate::waker::Waker;
 
@@ -323,6 +324,10 @@ impl LoopCore {
                         Some(Io::Handle(h)) => s.ready.push_back(Ready::Call(h)),
                         Some(Io::Stream(t)) if write => s.ready.push_back(Ready::Write(t)),
                         Some(Io::Stream(t)) => s.ready.push_back(Ready::Read(t)),
+                        Some(Io::Datagram(t)) if write => {
+                            s.ready.push_back(Ready::DatagramWrite(t))
+                        }
+                        Some(Io::Datagram(t)) => s.ready.push_back(Ready::DatagramRead(t)),
                     }
                 }
             }
@@ -355,6 +360,8 @@ impl LoopCore {
                 Ready::Call(h) => run_one(slf, h.bind(py)),
                 Ready::Read(t) => stream::on_readable(t.bind(py), &mut read_buf),
                 Ready::Write(t) => stream::on_writable(t.bind(py)),
+                Ready::DatagramRead(t) => datagram::on_readable(t.bind(py), &mut read_buf),
+                Ready::DatagramWrite(t) => datagram::on_writable(t.bind(py)),
             };
             if let Err(e) = r {
                 result = Err(e);
@@ -370,6 +377,7 @@ impl LoopCore {
             match item {
                 Ready::Call(h) => drop(h.into_bound(py)),
                 Ready::Read(t) | Ready::Write(t) => drop(t.into_bound(py)),
+                Ready::DatagramRead(t) | Ready::DatagramWrite(t) => drop(t.into_bound(py)),
             }
         }
         this.state.with(py, |s| {
@@ -461,14 +469,37 @@ impl LoopCore {
         write: bool,
         on: bool,
     ) -> PyResult<()> {
-        let res = self.state.with(py, |s| -> PyResult<_> {
-            if !on {
-                return Ok(Ok(s.reactor.clear(fd, write)));
+        let io = on.then(|| Io::Stream(transport.clone_ref(py)));
+        self.watch_native(py, fd, io, write)
+    }
+
+    /// [`LoopCore::watch_stream`] for a datagram transport.
+    pub(crate) fn watch_datagram(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        transport: &Py<DatagramTransport>,
+        write: bool,
+        on: bool,
+    ) -> PyResult<()> {
+        let io = on.then(|| Io::Datagram(transport.clone_ref(py)));
+        self.watch_native(py, fd, io, write)
+    }
+
+    /// Installs `io` as the reader (or writer) of `fd`, or removes the current one (`None`).
+    fn watch_native(&self, py: Python<'_>, fd: RawFd, io: Option<Io>, write: bool) -> PyResult<()> {
+        let res = self.state.with(py, |s| {
+            let Some(io) = io else {
+                return Ok(s.reactor.clear(fd, write));
+            };
+            if let Err(e) = s.check_closed() {
+                // Dropped after the state is released (it may hold the last reference).
+                return Err((e, Some(io)));
             }
-            s.check_closed()?;
-            Ok(s.reactor
-                .set(fd, Io::Stream(transport.clone_ref(py)), write))
-        })??;
+            s.reactor
+                .set(fd, io, write)
+                .map_err(|(e, rejected)| (os_error(e), rejected))
+        })?;
         match res {
             Ok(Some(Io::Handle(h))) => cancel_handle(py, h.bind(py)),
             Ok(other) => {
@@ -477,7 +508,7 @@ impl LoopCore {
             }
             Err((e, rejected)) => {
                 drop(rejected);
-                Err(os_error(e))
+                Err(e)
             }
         }
     }

@@ -8,7 +8,8 @@
 //! - [`scheduler`]: the ready queue and the timer heap;
 //! - [`gilcell`]: GIL-guarded interior mutability for the native state;
 //! - [`handles`]: `Handle`/`TimerHandle`, and how a callback runs in its context;
-//! - [`transports`]: native transports (stream sockets), driven by the reactor directly;
+//! - [`transports`]: native transports (stream and datagram sockets), driven by the reactor
+//!   directly;
 //! - [`fastcall`]: hand-written fastcall entry points for the hottest loop methods;
 //! - [`event_loop`]: `LoopCore`, the iteration and the scheduling API;
 //! - [`pyhelpers`]: cached Python helpers used on cold paths (reprs, debug stacks).
@@ -34,5 +35,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_class::<transports::datagram::DatagramTransport>()?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::os::fd::RawFd;
 use pyo3::prelude::*;
 
 use crate::handles::Handle;
+use crate::transports::datagram::DatagramTransport;
 use crate::transports::stream::StreamTransport;
 
 pub const READABLE: u32 = libc::EPOLLIN as u32;
@@ -31,10 +32,12 @@ pub fn event_is_writable(events: u32) -> bool {
 }
 
 /// What waits on one direction of an fd: a Python callback (`add_reader`/`add_writer`), or a
-/// native transport, which the loop drives directly without a callback object in between.
+/// native transport (stream or datagram), which the loop drives directly without a callback
+/// object in between.
 pub enum Io {
     Handle(Py<Handle>),
     Stream(Py<StreamTransport>),
+    Datagram(Py<DatagramTransport>),
 }
 
 impl Io {
@@ -42,6 +45,7 @@ impl Io {
         match self {
             Io::Handle(h) => Io::Handle(h.clone_ref(py)),
             Io::Stream(t) => Io::Stream(t.clone_ref(py)),
+            Io::Datagram(t) => Io::Datagram(t.clone_ref(py)),
         }
     }
 }

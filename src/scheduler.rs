@@ -12,6 +12,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use pyo3::prelude::*;
 
 use crate::handles::Handle;
+use crate::transports::datagram::DatagramTransport;
 use crate::transports::stream::StreamTransport;
 
 /// Compaction kicks in above this many scheduled timers...
@@ -137,6 +138,8 @@ pub enum Ready {
     Call(Py<Handle>),
     Read(Py<StreamTransport>),
     Write(Py<StreamTransport>),
+    DatagramRead(Py<DatagramTransport>),
+    DatagramWrite(Py<DatagramTransport>),
 }
 
 /// FIFO of work ready to run.

@@ -29,7 +29,7 @@ from . import _format
 from ._ferroloop import Handle, LoopCore
 from ._net import NetworkingMixin
 from ._subprocess import SubprocessMixin
-from ._transports import SocketTransport
+from ._transports import DatagramTransport, SocketTransport
 
 # asyncio's own constant for coroutine origin tracking in debug mode.
 _DEBUG_STACK_DEPTH = 10
@@ -424,6 +424,16 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
         server: Any = None,
     ) -> asyncio.Transport:
         return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_datagram_transport(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        address: Any = None,
+        waiter: asyncio.Future | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> asyncio.DatagramTransport:
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_ssl_transport(
         self,

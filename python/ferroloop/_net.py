@@ -53,7 +53,6 @@ BORROWED: dict[type, tuple[str, ...]] = {
     ),
     _SELECTOR: (
         "_ensure_fd_no_transport",
-        "_make_datagram_transport",
         "_sendfile_native",
         "_accept_connection",
         "_accept_connection2",

@@ -5,17 +5,23 @@ rloop) whose hot methods are the native core's (``ferroloop._ferroloop.StreamTra
 they are bound onto each instance, so ``transport.write(data)`` calls Rust directly. This
 class keeps what runs once per connection: the socket object, extra info, server
 bookkeeping, error reporting and ``connection_lost``.
+
+``DatagramTransport`` is the same arrangement for UDP and Unix datagram sockets over
+``ferroloop._ferroloop.DatagramTransport``: an ``asyncio.DatagramTransport`` and, like
+asyncio's own datagram transport, an ``asyncio.Transport``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import warnings
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from collections.abc import Callable
 from typing import Any
 
+from ._ferroloop import DatagramTransport as _DatagramCore
 from ._ferroloop import StreamTransport
 
 # Methods served by the native core, bound per instance.
@@ -175,6 +181,187 @@ class SocketTransport(transports._FlowControlMixin):
             info.append("closing")
         info.append(f"fd={self._sock_fd}")
         if self._sock is not None:
+            reading, writing = self._core._polling()
+            info.append("read=polling" if reading else "read=idle")
+            bufsize = self._core.get_write_buffer_size()
+            state = "polling" if writing else "idle"
+            info.append(f"write=<{state}, bufsize={bufsize}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
+
+
+# Methods served by the native datagram core, bound per instance.
+_NATIVE_DATAGRAM_METHODS = (
+    "sendto",
+    "close",
+    "abort",
+    "is_closing",
+    "is_reading",
+    "pause_reading",
+    "resume_reading",
+    "get_write_buffer_size",
+    "get_write_buffer_limits",
+    "set_write_buffer_limits",
+    "get_protocol",
+    "_force_close",
+)
+
+# asyncio 3.13 sends empty datagrams (earlier versions drop them) and counts a header of 8
+# bytes per queued datagram in the write buffer size.
+_SEND_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
+_DATAGRAM_HEADER_SIZE = 8 if _SEND_EMPTY_DATAGRAMS else 0
+
+
+class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport):
+    """A UDP or Unix datagram socket transport (asyncio's ``_SelectorDatagramTransport``).
+
+    ``sendto`` and the receive path are native. A socket with a peer (``remote_addr``, or a
+    connected ``sock=``) sends with ``send()``, whatever its ``peername`` looks like: an
+    unnamed Unix peer (``socketpair``) has ``peername == ''``, on which asyncio would call
+    ``sendto(data, None)`` and fail.
+    """
+
+    max_size = 256 * 1024
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        address: Any = None,
+        waiter: asyncio.Future | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        # Not _FlowControlMixin.__init__: its limits and counters live in the native core.
+        asyncio.BaseTransport.__init__(self, extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        try:
+            peername = sock.getpeername()
+            connected = True
+        except OSError:
+            peername = None
+            connected = False
+        if "peername" not in self._extra:
+            self._extra["peername"] = peername
+        self._sock: socket.socket | None = sock
+        self._sock_fd = sock.fileno()
+        self._loop = loop
+        self._address = address
+        self._protocol_connected = False
+        core = _DatagramCore(
+            loop,
+            self._sock_fd,
+            int(sock.family),
+            sock,
+            self,
+            address if address else None,
+            connected,
+            _SEND_EMPTY_DATAGRAMS,
+            _DATAGRAM_HEADER_SIZE,
+        )
+        self._core = core
+        for name in _NATIVE_DATAGRAM_METHODS:
+            setattr(self, name, getattr(core, name))
+        self.set_protocol(protocol)
+        loop._transports[self._sock_fd] = self
+        loop.call_soon(protocol.connection_made, self)
+        # Reading starts once connection_made() has run (it may pause reading).
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._core._set_protocol(protocol)
+        self._protocol_connected = True
+
+    @property
+    def _protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self) -> bool:
+        return self._core._closing
+
+    @property
+    def _conn_lost(self) -> int:
+        return self._core._conn_lost
+
+    @property
+    def _paused(self) -> bool:
+        return self._core._paused
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused
+
+    # -- cold paths called by the native core --------------------------------------------
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop is not None and self._loop.get_debug():
+                _logger().debug("%r: %s", self, message, exc_info=True)
+        elif self._loop is not None:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._core._force_close(exc)
+
+    def _report_protocol_error(self, message: str, exc: BaseException) -> None:
+        self._loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+        )
+
+    def _report_callback_error(self, step: str, exc: BaseException) -> None:
+        # What asyncio's loop reports when its _read_ready/_sendto_ready callback raises
+        # (e.g. an exception from protocol.datagram_received or error_received).
+        self._loop.call_exception_handler(
+            {
+                "message": f"Exception in callback {type(self).__name__}.{step}()",
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            }
+        )
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        protocol = self._core.get_protocol()
+        try:
+            if self._protocol_connected and protocol is not None:
+                protocol.connection_lost(exc)
+        finally:
+            sock = self._sock
+            self._core._detach()
+            if sock is not None:
+                sock.close()
+            self._sock = None
+            self._loop = None
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        info = [type(self).__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._core.is_closing():
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._loop is not None and not self._loop.is_closed():
             reading, writing = self._core._polling()
             info.append("read=polling" if reading else "read=idle")
             bufsize = self._core.get_write_buffer_size()

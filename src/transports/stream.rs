@@ -108,11 +108,11 @@ pub struct StreamTransport {
     state: GilCell<StreamState>,
 }
 
-fn passes_through(py: Python<'_>, e: &PyErr) -> bool {
+pub(crate) fn passes_through(py: Python<'_>, e: &PyErr) -> bool {
     e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
 }
 
-fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
@@ -121,12 +121,12 @@ fn would_block(code: i32) -> bool {
 }
 
 /// A borrowed contiguous view of a bytes-like object.
-struct ByteView {
+pub(crate) struct ByteView {
     view: ffi::Py_buffer,
 }
 
 impl ByteView {
-    fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
+    pub(crate) fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
         let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
         let flags = if writable {
             ffi::PyBUF_WRITABLE
@@ -145,11 +145,11 @@ impl ByteView {
         })
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.view.len.max(0) as usize
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         if self.len() == 0 {
             return &[];
         }
@@ -171,7 +171,7 @@ impl Drop for ByteView {
     }
 }
 
-fn is_bytes_like(data: &Bound<'_, PyAny>) -> bool {
+pub(crate) fn is_bytes_like(data: &Bound<'_, PyAny>) -> bool {
     data.is_instance_of::<PyBytes>()
         || data.is_instance_of::<PyByteArray>()
         || data.is_instance_of::<PyMemoryView>()
@@ -203,7 +203,7 @@ fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, i32> {
     }
 }
 
-fn os_error_from(code: i32) -> PyErr {
+pub(crate) fn os_error_from(code: i32) -> PyErr {
     os_error(std::io::Error::from_raw_os_error(code))
 }
 
