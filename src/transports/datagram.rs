@@ -47,6 +47,7 @@ use crate::event_loop::LoopCore;
 use crate::gilcell::GilCell;
 use crate::pyhelpers;
 use crate::transports::stream::{errno, is_bytes_like, os_error_from, passes_through, ByteView};
+use crate::transports::{copy_context, in_context};
 
 /// Bytes received per `recvfrom`, as asyncio's `max_size` (longer datagrams are truncated).
 const MAX_READ: usize = 256 * 1024;
@@ -806,36 +807,6 @@ impl DatagramTransport {
         }
         Ok(())
     }
-}
-
-/// A copy of the current `contextvars.Context`.
-fn copy_context(py: Python<'_>) -> PyResult<PyObject> {
-    // SAFETY: PyContext_CopyCurrent returns a new reference, or NULL with an exception set.
-    let p = unsafe { ffi::PyContext_CopyCurrent() };
-    // SAFETY: `p` is a new reference (ownership taken) or NULL.
-    Ok(unsafe { Bound::from_owned_ptr_or_err(py, p) }?.unbind())
-}
-
-/// Runs `f` inside `ctx` (as `ctx.run(f)`), or in the current context when there is none.
-fn in_context<R>(
-    py: Python<'_>,
-    ctx: Option<&Bound<'_, PyAny>>,
-    f: impl FnOnce() -> PyResult<R>,
-) -> PyResult<R> {
-    let Some(ctx) = ctx else { return f() };
-    // SAFETY: `ctx` is a live reference for the whole call. A context that is already entered
-    // (or not a Context) makes PyContext_Enter fail with an exception set, fetched here.
-    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
-        return Err(PyErr::fetch(py));
-    }
-    let out = f();
-    // SAFETY: `ctx` was entered above on this thread; no exception is pending (an error of
-    // `f` is held in `out`).
-    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } != 0 {
-        let exit_err = PyErr::fetch(py);
-        return out.and(Err(exit_err));
-    }
-    out
 }
 
 /// The fd is readable: receive one datagram and hand it to the protocol, in the context

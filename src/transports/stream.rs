@@ -27,6 +27,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::gilcell::GilCell;
+use crate::transports::{copy_context, in_context, retry_eintr};
 
 /// Bytes read per `recv`, as asyncio's `max_size`.
 const MAX_READ: usize = 256 * 1024;
@@ -62,9 +63,11 @@ struct StreamState {
     low: usize,
     /// `loop.sendfile` waits for the buffer to drain on this future.
     empty_waiter: Option<PyObject>,
-    /// A copy of the context the transport was created in: protocol callbacks run in it, as
-    /// asyncio's reader and writer handles do.
-    context: Option<PyObject>,
+    /// The contexts protocol callbacks run in, as asyncio's reader and writer handles would:
+    /// a copy of the context current when reading was started (connection_made time, or
+    /// `resume_reading()`), and when the writer was registered (the `write()` that queued).
+    read_ctx: Option<PyObject>,
+    write_ctx: Option<PyObject>,
 }
 
 impl StreamState {
@@ -94,7 +97,8 @@ impl StreamState {
         out.extend(self.get_buffer.take());
         out.extend(self.buffer_updated.take());
         out.extend(self.empty_waiter.take());
-        out.extend(self.context.take());
+        out.extend(self.read_ctx.take());
+        out.extend(self.write_ctx.take());
         if let Some(l) = self.loop_.take() {
             out.push(l.into_any());
         }
@@ -117,7 +121,7 @@ pub(crate) fn errno() -> i32 {
 }
 
 fn would_block(code: i32) -> bool {
-    code == libc::EAGAIN || code == libc::EWOULDBLOCK || code == libc::EINTR
+    code == libc::EAGAIN || code == libc::EWOULDBLOCK
 }
 
 /// A borrowed contiguous view of a bytes-like object.
@@ -183,14 +187,14 @@ fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, i32> {
     }
     // SAFETY: `data` is a valid slice for the duration of the call; MSG_NOSIGNAL turns a
     // write to a closed peer into EPIPE instead of SIGPIPE.
-    let n = unsafe {
+    let n = retry_eintr(|| unsafe {
         libc::send(
             fd,
             data.as_ptr() as *const libc::c_void,
             data.len(),
             libc::MSG_NOSIGNAL,
         )
-    };
+    });
     if n < 0 {
         let e = errno();
         if would_block(e) {
@@ -233,13 +237,18 @@ impl StreamTransport {
         };
         lp.get()
             .watch_stream(py, fd, &slf.clone().unbind(), write, on)?;
-        slf.get().state.with(py, |s| {
+        let ctx = if on { Some(copy_context(py)?) } else { None };
+        let old = slf.get().state.with(py, |s| {
             if write {
                 s.writing = on;
+                std::mem::replace(&mut s.write_ctx, ctx)
             } else {
                 s.reading = on;
+                std::mem::replace(&mut s.read_ctx, ctx)
             }
-        })
+        })?;
+        drop(old);
+        Ok(())
     }
 
     /// Calls a method of the Python wrapper (cold paths: errors, connection_lost).
@@ -459,33 +468,15 @@ impl StreamTransport {
     }
 }
 
-/// Runs `f` inside the transport's context (see `StreamState::context`).
-fn in_context(slf: &Bound<'_, StreamTransport>, f: impl FnOnce() -> PyResult<()>) -> PyResult<()> {
+/// The fd is readable: read once and hand the data to the protocol.
+pub(crate) fn on_readable(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
     let py = slf.py();
     let ctx = slf
         .get()
         .state
-        .with(py, |s| s.context.as_ref().map(|c| c.clone_ref(py)))?;
-    let Some(ctx) = ctx.map(|c| c.into_bound(py)) else {
-        return f();
-    };
-    // SAFETY: `ctx` is a live Context we hold for the whole call; a failure to enter (already
-    // entered) is reported as an exception, which we fetch.
-    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
-        return Err(PyErr::fetch(py));
-    }
-    let out = f();
-    // SAFETY: entered above on this thread; no exception is pending (results are in `out`).
-    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } != 0 {
-        let exit_err = PyErr::fetch(py);
-        return out.and(Err(exit_err));
-    }
-    out
-}
-
-/// The fd is readable: read once and hand the data to the protocol.
-pub(crate) fn on_readable(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
-    in_context(slf, || read_ready(slf, rbuf))
+        .with(py, |s| s.read_ctx.as_ref().map(|c| c.clone_ref(py)))?
+        .map(|c| c.into_bound(py));
+    in_context(py, ctx.as_ref(), || read_ready(slf, rbuf))
 }
 
 fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
@@ -522,7 +513,9 @@ fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<
         rbuf.resize(MAX_READ, 0);
     }
     // SAFETY: `rbuf` has MAX_READ writable bytes; plain non-blocking recv on our socket.
-    let n = unsafe { libc::recv(fd, rbuf.as_mut_ptr() as *mut libc::c_void, MAX_READ, 0) };
+    let n = retry_eintr(|| unsafe {
+        libc::recv(fd, rbuf.as_mut_ptr() as *mut libc::c_void, MAX_READ, 0)
+    });
     if n < 0 {
         let e = errno();
         if would_block(e) {
@@ -584,7 +577,8 @@ fn read_into_protocol_buffer(
         Ok(mut view) => {
             let len = view.len();
             // SAFETY: the writable view gives `len` bytes at `buf`, held until `view` drops.
-            let n = unsafe { libc::recv(fd, view.as_mut_ptr() as *mut libc::c_void, len, 0) };
+            let ptr = view.as_mut_ptr() as *mut libc::c_void;
+            let n = retry_eintr(|| unsafe { libc::recv(fd, ptr, len, 0) });
             if n < 0 {
                 let e = errno();
                 if would_block(e) {
@@ -615,7 +609,13 @@ fn read_into_protocol_buffer(
 
 /// The fd is writable: flush the buffer in one send.
 pub(crate) fn on_writable(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
-    in_context(slf, || write_ready(slf))
+    let py = slf.py();
+    let ctx = slf
+        .get()
+        .state
+        .with(py, |s| s.write_ctx.as_ref().map(|c| c.clone_ref(py)))?
+        .map(|c| c.into_bound(py));
+    in_context(py, ctx.as_ref(), || write_ready(slf))
 }
 
 fn write_ready(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
@@ -684,9 +684,6 @@ fn write_ready(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
 impl StreamTransport {
     #[new]
     fn py_new(lp: Bound<'_, LoopCore>, fd: RawFd, owner: PyObject) -> PyResult<Self> {
-        let py = lp.py();
-        // SAFETY: returns a new reference, or NULL with an exception set.
-        let ctx = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
         if fd < 0 {
             return Err(PyValueError::new_err(format!(
                 "Invalid file descriptor: {fd}"
@@ -714,7 +711,8 @@ impl StreamTransport {
                 high: DEFAULT_HIGH_WATER,
                 low: DEFAULT_HIGH_WATER / 4,
                 empty_waiter: None,
-                context: Some(ctx.unbind()),
+                read_ctx: None,
+                write_ctx: None,
             }),
         })
     }
@@ -885,7 +883,7 @@ impl StreamTransport {
             msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
             msg.msg_iovlen = iov.len() as _;
             // SAFETY: every iovec points into a buffer view held in `views` during the call.
-            let n = unsafe { libc::sendmsg(s.fd, &msg, libc::MSG_NOSIGNAL) };
+            let n = retry_eintr(|| unsafe { libc::sendmsg(s.fd, &msg, libc::MSG_NOSIGNAL) });
             if n < 0 {
                 let e = errno();
                 if would_block(e) {
