@@ -8,43 +8,12 @@ ferroloop; the socket module itself is the reference for both.
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
-import warnings
-from collections.abc import Iterator
 
 import pytest
+from net_support import NET_MARKS, collect_garbage, frozen_heap, run  # noqa: F401
 
-pytestmark = [
-    pytest.mark.timeout(10),
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
-
-TIMEOUT = 5.0
-
-
-def run(loop: asyncio.AbstractEventLoop, coro, timeout: float = TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_heap() -> Iterator[None]:
-    # Objects from before this module are moved out of the collector's sight so that the
-    # per-test gc.collect() below stays cheap. Garbage left by other modules is collected
-    # first, silently: it is not this module's leak.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    yield
-    gc.collect()
+pytestmark = NET_MARKS
 
 
 def _outcome(func, *args, **kwargs):

@@ -9,162 +9,31 @@ import asyncio
 import gc
 import hashlib
 import os
-import shutil
 import socket
 import struct
-import tempfile
-import warnings
-from collections.abc import Iterator
 
 import pytest
+from net_support import (  # noqa: F401
+    NET_MARKS,
+    TIMEOUT,
+    Closer,
+    MiB,
+    Recorder,
+    accept,
+    closer_fixture,
+    collect_garbage,
+    frozen_heap,
+    handler_calls_fixture,
+    in_thread,
+    listener,
+    recv_exactly,
+    refused_addr,
+    run,
+    settle,
+    tmpdir_short_fixture,
+)
 
-pytestmark = [
-    pytest.mark.timeout(10),
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
-
-TIMEOUT = 5.0
-MiB = 1024 * 1024
-
-
-def run(loop: asyncio.AbstractEventLoop, coro, timeout: float = TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_heap() -> Iterator[None]:
-    # Objects from before this module are moved out of the collector's sight so that the
-    # per-test gc.collect() below stays cheap. Garbage left by other modules is collected
-    # first, silently: it is not this module's leak.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    # Torn down after the loop fixture: unclosed sockets/transports surface here as errors.
-    yield
-    gc.collect()
-
-
-class Closer:
-    """Closes sockets, transports and servers at the end of a test, whatever happened."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: list = []
-
-    def __call__(self, obj):
-        self.items.append(obj)
-        return obj
-
-    def close_all(self) -> None:
-        for obj in reversed(self.items):
-            if isinstance(obj, socket.socket):
-                obj.close()
-            elif isinstance(obj, asyncio.StreamWriter):
-                tr = obj.transport
-                if not tr.is_closing() or tr.get_write_buffer_size():
-                    tr.abort()
-            elif hasattr(obj, "abort"):
-                # Not after a completed flush-on-close: asyncio's abort() would then fail.
-                if not obj.is_closing() or obj.get_write_buffer_size():
-                    obj.abort()
-            elif hasattr(obj, "close"):
-                obj.close()
-        if not self.loop.is_closed() and not self.loop.is_running():
-            self.loop.run_until_complete(_settle())
-
-
-async def _settle(rounds: int = 5) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-@pytest.fixture
-def closer(loop) -> Iterator[Closer]:
-    c = Closer(loop)
-    yield c
-    c.close_all()
-
-
-@pytest.fixture
-def handler_calls(loop) -> list[dict]:
-    """Every context passed to the loop's exception handler."""
-    calls: list[dict] = []
-    loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))
-    return calls
-
-
-class Recorder(asyncio.Protocol):
-    def __init__(self, loop, *, eof_result=None) -> None:
-        self.loop = loop
-        self.eof_result = eof_result
-        self.transport = None
-        self.events: list[str] = []
-        self.data = bytearray()
-        self.made = loop.create_future()
-        self.eof = loop.create_future()
-        self.lost = loop.create_future()
-        self._waiters: list[asyncio.Future] = []
-
-    def _wake(self) -> None:
-        for w in self._waiters:
-            if not w.done():
-                w.set_result(None)
-        self._waiters.clear()
-
-    async def wait_for_bytes(self, n: int) -> bytes:
-        while len(self.data) < n and not self.lost.done():
-            w = self.loop.create_future()
-            self._waiters.append(w)
-            await w
-        assert len(self.data) >= n, (len(self.data), n, self.events)
-        return bytes(self.data)
-
-    def connection_made(self, transport) -> None:
-        self.events.append("made")
-        self.transport = transport
-        self.made.set_result(transport)
-
-    def data_received(self, data) -> None:
-        self.events.append("data")
-        self.data += data
-        self._wake()
-
-    def eof_received(self):
-        self.events.append("eof")
-        self.eof.set_result(None)
-        self._wake()
-        return self.eof_result
-
-    def connection_lost(self, exc) -> None:
-        self.events.append("lost")
-        if not self.lost.done():
-            self.lost.set_result(exc)
-        self._wake()
-
-
-def _listener(closer: Closer, *, small_rcvbuf: bool = False) -> socket.socket:
-    lsock = closer(socket.socket())
-    if small_rcvbuf:
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(16)
-    lsock.settimeout(TIMEOUT)
-    return lsock
-
-
-def _accept(closer: Closer, lsock: socket.socket) -> socket.socket:
-    conn, _ = lsock.accept()
-    closer(conn)
-    conn.settimeout(TIMEOUT)
-    return conn
+pytestmark = NET_MARKS
 
 
 def _reset(sock: socket.socket) -> None:
@@ -173,25 +42,11 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), MiB))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
-
-
-async def in_thread(func, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
-
-
 async def _tcp_pair(loop, closer: Closer, factory, *, small_buffers: bool = False):
-    lsock = _listener(closer, small_rcvbuf=small_buffers)
+    lsock = listener(closer, small_rcvbuf=small_buffers)
     tr, proto = await loop.create_connection(factory, *lsock.getsockname())
     closer(tr)
-    peer = _accept(closer, lsock)
+    peer = accept(closer, lsock)
     if small_buffers:
         tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     return tr, proto, peer
@@ -240,12 +95,12 @@ def test_write_after_unnoticed_reset_reports_connection_error(loop, closer, hand
 
 
 def test_reset_by_peer_through_streams(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
 
     async def main():
         reader, writer = await asyncio.open_connection(*lsock.getsockname())
         closer(writer)
-        peer = _accept(closer, lsock)
+        peer = accept(closer, lsock)
         peer.sendall(b"partial")
         assert await reader.readexactly(7) == b"partial"
         _reset(peer)
@@ -260,11 +115,11 @@ def test_reset_by_peer_through_streams(loop, closer):
 
 
 def test_sock_recv_reports_reset(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
     client = closer(socket.socket())
     client.connect(lsock.getsockname())
     client.setblocking(False)
-    peer = _accept(closer, lsock)
+    peer = accept(closer, lsock)
 
     async def main():
         task = asyncio.ensure_future(loop.sock_recv(client, 100))
@@ -277,11 +132,11 @@ def test_sock_recv_reports_reset(loop, closer):
 
 
 def test_sock_sendall_to_vanished_peer(loop, closer):
-    lsock = _listener(closer, small_rcvbuf=True)
+    lsock = listener(closer, small_rcvbuf=True)
     client = closer(socket.socket())
     client.connect(lsock.getsockname())
     client.setblocking(False)
-    peer = _accept(closer, lsock)
+    peer = accept(closer, lsock)
 
     async def main():
         task = asyncio.ensure_future(loop.sock_sendall(client, os.urandom(8 * MiB)))
@@ -304,7 +159,7 @@ def test_peer_vanishes_while_we_write(loop, closer, handler_calls):
         tr, proto, peer = await _tcp_pair(loop, closer, lambda: Recorder(loop), small_buffers=True)
         tr.write(data)
         assert tr.get_write_buffer_size() > 0
-        assert await in_thread(_recv_exactly, peer, 64 * 1024) == data[: 64 * 1024]
+        assert await in_thread(recv_exactly, peer, 64 * 1024) == data[: 64 * 1024]
         _reset(peer)
         exc = await proto.lost
         assert isinstance(exc, ConnectionError)
@@ -334,40 +189,36 @@ def test_peer_vanishes_while_we_read(loop, closer):
     run(loop, main())
 
 
-def test_unix_peer_vanishes_while_we_write(loop, closer, handler_calls):
-    d = tempfile.mkdtemp(prefix="fl")
-    try:
-        path = os.path.join(d, "s")
-        lsock = closer(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
-        lsock.bind(path)
-        lsock.listen(1)
-        lsock.settimeout(TIMEOUT)
+def test_unix_peer_vanishes_while_we_write(loop, closer, handler_calls, tmpdir_short):
+    path = os.path.join(tmpdir_short, "s")
+    lsock = closer(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+    lsock.bind(path)
+    lsock.listen(1)
+    lsock.settimeout(TIMEOUT)
 
-        async def main():
-            tr, proto = await loop.create_unix_connection(lambda: Recorder(loop), path)
-            closer(tr)
-            peer = _accept(closer, lsock)
-            tr.write(os.urandom(4 * MiB))
-            assert tr.get_write_buffer_size() > 0
-            await in_thread(_recv_exactly, peer, 1024)
-            peer.close()
-            exc = await proto.lost
-            assert isinstance(exc, ConnectionError)
+    async def main():
+        tr, proto = await loop.create_unix_connection(lambda: Recorder(loop), path)
+        closer(tr)
+        peer = accept(closer, lsock)
+        tr.write(os.urandom(4 * MiB))
+        assert tr.get_write_buffer_size() > 0
+        await in_thread(recv_exactly, peer, 1024)
+        peer.close()
+        exc = await proto.lost
+        assert isinstance(exc, ConnectionError)
 
-        run(loop, main())
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    run(loop, main())
     assert handler_calls == []
 
 
 def test_streams_drain_raises_when_peer_vanishes(loop, closer):
-    lsock = _listener(closer, small_rcvbuf=True)
+    lsock = listener(closer, small_rcvbuf=True)
 
     async def main():
         reader, writer = await asyncio.open_connection(*lsock.getsockname())
         closer(writer)
         writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        peer = _accept(closer, lsock)
+        peer = accept(closer, lsock)
         writer.write(os.urandom(4 * MiB))
         drain = asyncio.ensure_future(writer.drain())
         await asyncio.sleep(0.02)
@@ -511,7 +362,7 @@ def test_failing_pause_writing_is_reported_and_transport_survives(loop, closer, 
         tr.write(data)
         await asyncio.sleep(0.01)
         assert not proto.lost.done()
-        assert await in_thread(_recv_exactly, peer, len(data)) == data
+        assert await in_thread(recv_exactly, peer, len(data)) == data
         return tr, proto
 
     tr, proto = run(loop, main())
@@ -551,7 +402,7 @@ def _echo_server_scenario(loop, closer: Closer, n_clients: int) -> None:
         finally:
             server.close()
             await server.wait_closed()
-        await _settle()
+        await settle()
 
     run(loop, main())
 
@@ -565,9 +416,7 @@ def test_no_fd_leak_after_connections_and_server(loop, closer):
 
 
 def test_no_fd_leak_after_refused_connections(loop, closer):
-    refusing = closer(socket.socket())
-    refusing.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
-    host, port = refusing.getsockname()
+    host, port = refused_addr(closer)
 
     async def attempts(n: int) -> None:
         for i in range(n):
@@ -584,7 +433,7 @@ def test_no_fd_leak_after_refused_connections(loop, closer):
 
 
 def test_no_fd_leak_after_resets_and_aborts(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
 
     async def scenario() -> None:
         tr, proto = await loop.create_connection(lambda: Recorder(loop), *lsock.getsockname())
@@ -602,12 +451,12 @@ def test_no_fd_leak_after_resets_and_aborts(loop, closer):
     before = _open_fds()
     for _ in range(5):
         run(loop, scenario())
-    run(loop, _settle())
+    run(loop, settle())
     assert _open_fds() == before
 
 
 def test_no_fd_leak_when_create_connection_is_cancelled(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
     addr = lsock.getsockname()
 
     async def attempt(steps: int) -> None:
@@ -630,7 +479,7 @@ def test_no_fd_leak_when_create_connection_is_cancelled(loop, closer):
                 conn.close()
         except BlockingIOError:
             pass
-        await _settle()
+        await settle()
 
     run(loop, attempt(0))
     before = _open_fds()
@@ -643,9 +492,8 @@ def test_no_fd_leak_when_create_connection_is_cancelled(loop, closer):
     assert _open_fds() == before
 
 
-def test_no_fd_leak_after_unix_server(loop, closer):
-    d = tempfile.mkdtemp(prefix="fl")
-    path = os.path.join(d, "s")
+def test_no_fd_leak_after_unix_server(loop, closer, tmpdir_short):
+    path = os.path.join(tmpdir_short, "s")
 
     async def scenario() -> None:
         async def handler(reader, writer):
@@ -661,16 +509,13 @@ def test_no_fd_leak_after_unix_server(loop, closer):
                 assert await reader.read() == b"abc"
                 writer.close()
                 await writer.wait_closed()
-        await _settle()
+        await settle()
 
-    try:
+    run(loop, scenario())
+    before = _open_fds()
+    for _ in range(3):
         run(loop, scenario())
-        before = _open_fds()
-        for _ in range(3):
-            run(loop, scenario())
-        assert _open_fds() == before
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    assert _open_fds() == before
 
 
 # ---------------------------------------------------------------- large transfers
@@ -738,7 +583,7 @@ def test_reset_while_flushing_on_close_reports_the_error(loop, closer, handler_c
         tr.write(data)
         tr.close()
         assert tr.get_write_buffer_size() > 0
-        await in_thread(_recv_exactly, peer, 16 * 1024)
+        await in_thread(recv_exactly, peer, 16 * 1024)
         _reset(peer)
         exc = await proto.lost
         assert isinstance(exc, ConnectionError)

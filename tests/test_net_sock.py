@@ -7,47 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import os
 import socket
-import ssl
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator
 
 import pytest
+from net_support import (  # noqa: F401
+    NET_MARKS,
+    MiB,
+    collect_garbage,
+    frozen_heap,
+    needs_ipv6,
+    refused_addr,
+    run,
+    socket_pair,
+    ssl_socket,
+)
 
-pytestmark = [
-    pytest.mark.timeout(10),
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
-
-TIMEOUT = 5.0
-
-
-def run(loop: asyncio.AbstractEventLoop, coro, timeout: float = TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_heap() -> Iterator[None]:
-    # Objects from before this module are moved out of the collector's sight so that the
-    # per-test gc.collect() below stays cheap. Garbage left by other modules is collected
-    # first, silently: it is not this module's leak.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    # Torn down after the loop fixture: unclosed sockets surface here as errors.
-    yield
-    gc.collect()
+pytestmark = NET_MARKS
 
 
 @pytest.fixture
@@ -64,24 +42,8 @@ def track() -> Iterator[Callable[[socket.socket], socket.socket]]:
         sock.close()
 
 
-def _has_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this host")
-
-
 def _pair(track) -> tuple[socket.socket, socket.socket]:
-    a, b = socket.socketpair()
-    track(a)
-    track(b)
+    a, b = socket_pair(track)
     a.setblocking(False)
     b.setblocking(False)
     return a, b
@@ -217,7 +179,7 @@ def test_sock_sendall_accepts_bytes_like(loop, track, kind):
 def test_sock_sendall_large_payload_with_concurrent_reader(loop, track):
     """sock_sendall keeps going while the buffer is full and completes once all is sent."""
     a, b = _pair(track)
-    data = os.urandom(4 * 1024 * 1024)
+    data = os.urandom(4 * MiB)
 
     async def main():
         sender = asyncio.ensure_future(loop.sock_sendall(a, data))
@@ -404,13 +366,11 @@ def test_sock_connect_unix(loop, track):
 
 
 def test_sock_connect_refused(loop, track):
-    # Bound but not listening: the port is reserved and connecting to it is refused.
-    closed_port = track(socket.socket())
-    closed_port.bind(("127.0.0.1", 0))
+    addr = refused_addr(track)
     client = _client(track)
 
     with pytest.raises(ConnectionRefusedError) as info:
-        run(loop, loop.sock_connect(client, closed_port.getsockname()))
+        run(loop, loop.sock_connect(client, addr))
     assert info.value.errno == errno.ECONNREFUSED
 
 
@@ -465,15 +425,23 @@ def test_blocking_socket_is_refused_in_debug_mode(loop, track, name):
 @pytest.mark.parametrize("name", SOCK_METHODS)
 def test_ssl_socket_is_refused(loop, track, name):
     lsock = _listener(track)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ssl_sock = track(
-        ctx.wrap_socket(socket.socket(), server_hostname="example", do_handshake_on_connect=False)
-    )
+    ssl_sock = ssl_socket(track)
     with pytest.raises(TypeError, match="Socket cannot be of type SSLSocket"):
         run(loop, _call_sock_method(loop, name, ssl_sock, lsock.getsockname()))
 
 
 # ---------------------------------------------------------------- cancellation
+
+
+async def _cancel_while_pending(operation) -> None:
+    """Runs operation as a task, cancels it while it waits and waits until it has ended."""
+    task = asyncio.ensure_future(operation)
+    await asyncio.sleep(0.01)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
 
 
 @pytest.mark.parametrize("method", ["sock_recv", "sock_recv_into"])
@@ -482,15 +450,9 @@ def test_cancelled_recv_leaves_socket_usable(loop, track, method):
 
     async def main():
         if method == "sock_recv":
-            task = asyncio.ensure_future(loop.sock_recv(b, 100))
+            await _cancel_while_pending(loop.sock_recv(b, 100))
         else:
-            task = asyncio.ensure_future(loop.sock_recv_into(b, bytearray(100)))
-        await asyncio.sleep(0.01)
-        assert not task.done()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0)
+            await _cancel_while_pending(loop.sock_recv_into(b, bytearray(100)))
         # No reader left behind by the cancelled operation.
         assert loop.remove_reader(b) is False
         a.send(b"after cancel")
@@ -516,13 +478,7 @@ def test_cancelled_accept_leaves_socket_usable(loop, track):
     client = _client(track)
 
     async def main():
-        task = asyncio.ensure_future(loop.sock_accept(lsock))
-        await asyncio.sleep(0.01)
-        assert not task.done()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0)
+        await _cancel_while_pending(loop.sock_accept(lsock))
         assert loop.remove_reader(lsock) is False
         await loop.sock_connect(client, lsock.getsockname())
         conn, addr = await loop.sock_accept(lsock)
@@ -553,16 +509,10 @@ def test_cancelled_recvfrom_leaves_socket_usable(loop, track):
 def test_cancelled_sendall_stops_sending(loop, track):
     """A cancelled sock_sendall raises CancelledError and leaves no writer behind."""
     a, b = _pair(track)
-    data = os.urandom(4 * 1024 * 1024)
+    data = os.urandom(4 * MiB)
 
     async def main():
-        task = asyncio.ensure_future(loop.sock_sendall(a, data))
-        await asyncio.sleep(0.01)
-        assert not task.done()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0)
+        await _cancel_while_pending(loop.sock_sendall(a, data))
         assert loop.remove_writer(a) is False
 
     run(loop, main())

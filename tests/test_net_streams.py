@@ -7,99 +7,25 @@ runs on asyncio's loop (the reference) and on ferroloop, over TCP and Unix socke
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import os
-import shutil
 import socket
-import tempfile
-import warnings
-from collections.abc import Iterator
 
 import pytest
+from net_support import (  # noqa: F401
+    NET_MARKS,
+    Closer,
+    MiB,
+    closer_fixture,
+    collect_garbage,
+    frozen_heap,
+    kind_fixture,
+    refused_addr,
+    run,
+    tmpdir_short_fixture,
+)
 
-pytestmark = [
-    pytest.mark.timeout(10),
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
-
-TIMEOUT = 5.0
-MiB = 1024 * 1024
-
-
-def run(loop: asyncio.AbstractEventLoop, coro, timeout: float = TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_heap() -> Iterator[None]:
-    # Objects from before this module are moved out of the collector's sight so that the
-    # per-test gc.collect() below stays cheap. Garbage left by other modules is collected
-    # first, silently: it is not this module's leak.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    # Torn down after the loop fixture: unclosed sockets/transports surface here as errors.
-    yield
-    gc.collect()
-
-
-class Closer:
-    """Closes stream writers and servers at the end of a test, whatever happened."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: list = []
-
-    def __call__(self, obj):
-        self.items.append(obj)
-        return obj
-
-    def close_all(self) -> None:
-        for obj in reversed(self.items):
-            if isinstance(obj, asyncio.StreamWriter):
-                tr = obj.transport
-                # Not after a completed flush-on-close: asyncio's abort() would then fail.
-                if not tr.is_closing() or tr.get_write_buffer_size():
-                    tr.abort()
-            elif isinstance(obj, socket.socket):
-                obj.close()
-            else:
-                obj.close()
-        if not self.loop.is_closed() and not self.loop.is_running():
-            self.loop.run_until_complete(_settle())
-
-
-async def _settle(rounds: int = 5) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-@pytest.fixture
-def closer(loop) -> Iterator[Closer]:
-    c = Closer(loop)
-    yield c
-    c.close_all()
-
-
-@pytest.fixture
-def tmpdir_short() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="fl")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(params=["tcp", "unix"])
-def kind(request) -> str:
-    return request.param
+pytestmark = NET_MARKS
 
 
 class Streams:
@@ -427,9 +353,7 @@ def test_server_async_with_and_serve_forever(loop, streams):
 def test_open_connection_refused(loop, closer, kind, tmpdir_short):
     async def main():
         if kind == "tcp":
-            sock = closer(socket.socket())
-            sock.bind(("127.0.0.1", 0))  # bound, not listening
-            await asyncio.open_connection(*sock.getsockname())
+            await asyncio.open_connection(*refused_addr(closer))
         else:
             path = os.path.join(tmpdir_short, "s")
             stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -11,215 +11,39 @@ import contextvars
 import errno
 import gc
 import socket
-import ssl
 import warnings
-from collections.abc import Iterator
 
 import pytest
+from net_support import (  # noqa: F401
+    NET_MARKS,
+    TIMEOUT,
+    Closer,
+    Recorder,
+    ServerSide,
+    accept,
+    blocking_client,
+    closer_fixture,
+    collect_garbage,
+    frozen_heap,
+    in_thread,
+    listener,
+    named_cases,
+    needs_ipv6,
+    recv_exactly,
+    refused_addr,
+    run,
+    socket_pair,
+    ssl_socket,
+)
 
-pytestmark = [
-    pytest.mark.timeout(10),
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
-
-TIMEOUT = 5.0
-
-
-def run(loop: asyncio.AbstractEventLoop, coro, timeout: float = TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_heap() -> Iterator[None]:
-    # Objects from before this module are moved out of the collector's sight so that the
-    # per-test gc.collect() below stays cheap. Garbage left by other modules is collected
-    # first, silently: it is not this module's leak.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    # Torn down after the loop fixture: unclosed sockets/transports surface here as errors.
-    yield
-    gc.collect()
-
-
-class Closer:
-    """Closes sockets, transports and servers at the end of a test, whatever happened."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: list = []
-
-    def __call__(self, obj):
-        self.items.append(obj)
-        return obj
-
-    def close_all(self) -> None:
-        for obj in reversed(self.items):
-            if isinstance(obj, socket.socket):
-                obj.close()
-            elif hasattr(obj, "abort"):
-                # Not after a completed flush-on-close: asyncio's abort() would then fail.
-                if not obj.is_closing() or obj.get_write_buffer_size():
-                    obj.abort()
-            elif hasattr(obj, "close"):
-                obj.close()
-        if not self.loop.is_closed() and not self.loop.is_running():
-            self.loop.run_until_complete(_settle())
-
-
-async def _settle(rounds: int = 5) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-@pytest.fixture
-def closer(loop) -> Iterator[Closer]:
-    c = Closer(loop)
-    yield c
-    c.close_all()
-
-
-def _has_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this host")
-
-
-class Recorder(asyncio.Protocol):
-    """Records every callback; coroutines can wait for a condition on the recorded state."""
-
-    def __init__(self, loop) -> None:
-        self.loop = loop
-        self.transport = None
-        self.events: list[str] = []
-        self.data = bytearray()
-        self.made = loop.create_future()
-        self.eof = loop.create_future()
-        self.lost = loop.create_future()
-        self._waiters: list[asyncio.Future] = []
-
-    def _wake(self) -> None:
-        for w in self._waiters:
-            if not w.done():
-                w.set_result(None)
-        self._waiters.clear()
-
-    async def wait_for_bytes(self, n: int) -> bytes:
-        while len(self.data) < n and not self.lost.done():
-            w = self.loop.create_future()
-            self._waiters.append(w)
-            await w
-        assert len(self.data) >= n, (len(self.data), n, self.events)
-        return bytes(self.data)
-
-    def connection_made(self, transport) -> None:
-        self.events.append("made")
-        self.transport = transport
-        self.made.set_result(transport)
-
-    def data_received(self, data) -> None:
-        self.events.append("data")
-        self.data += data
-        self._wake()
-
-    def eof_received(self):
-        self.events.append("eof")
-        self.eof.set_result(None)
-        self._wake()
-
-    def connection_lost(self, exc) -> None:
-        self.events.append("lost")
-        if not self.lost.done():
-            self.lost.set_result(exc)
-        self._wake()
-
-
-class ServerSide:
-    """A protocol factory that remembers every protocol it built (one per connection)."""
-
-    def __init__(self, loop) -> None:
-        self.loop = loop
-        self.protocols: list[Recorder] = []
-        self._new = asyncio.Queue()
-
-    def __call__(self) -> Recorder:
-        proto = Recorder(self.loop)
-        self.protocols.append(proto)
-        self._new.put_nowait(proto)
-        return proto
-
-    async def next_connection(self) -> Recorder:
-        proto = await self._new.get()
-        await proto.made
-        return proto
-
-
-def _listener(closer: Closer, host: str = "127.0.0.1", family=socket.AF_INET) -> socket.socket:
-    lsock = closer(socket.socket(family, socket.SOCK_STREAM))
-    lsock.bind((host, 0))
-    lsock.listen(16)
-    lsock.settimeout(TIMEOUT)
-    return lsock
-
-
-def _accept(closer: Closer, lsock: socket.socket) -> socket.socket:
-    conn, _ = lsock.accept()
-    closer(conn)
-    conn.settimeout(TIMEOUT)
-    return conn
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
-
-
-async def in_thread(func, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
-
-
-def _connect(closer: Closer, addr) -> socket.socket:
-    """A plain blocking client; connecting to a listening socket never waits for the loop."""
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    sock = closer(socket.socket(family, socket.SOCK_STREAM))
-    sock.settimeout(TIMEOUT)
-    sock.connect(addr)
-    return sock
-
-
-def _refused_addr(closer: Closer) -> tuple[str, int]:
-    # Bound but not listening: the port stays reserved and connecting to it is refused.
-    sock = closer(socket.socket())
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()
+pytestmark = NET_MARKS
 
 
 # ---------------------------------------------------------------- create_connection
 
 
 def test_create_connection_host_port(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
     host, port = lsock.getsockname()
 
     async def main():
@@ -230,10 +54,10 @@ def test_create_connection_host_port(loop, closer):
         assert proto.events == ["made"]  # connection_made ran before the coroutine returned
         assert tr.get_extra_info("peername") == (host, port)
         assert tr.get_extra_info("sockname")[0] == "127.0.0.1"
-        peer = _accept(closer, lsock)
+        peer = accept(closer, lsock)
         assert peer.getpeername() == tr.get_extra_info("sockname")
         tr.write(b"ping")
-        assert await in_thread(_recv_exactly, peer, 4) == b"ping"
+        assert await in_thread(recv_exactly, peer, 4) == b"ping"
         peer.sendall(b"pong")
         assert await proto.wait_for_bytes(4) == b"pong"
         tr.close()
@@ -243,7 +67,7 @@ def test_create_connection_host_port(loop, closer):
 
 
 def test_create_connection_by_name_localhost(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
     port = lsock.getsockname()[1]
 
     async def main():
@@ -256,7 +80,7 @@ def test_create_connection_by_name_localhost(loop, closer):
 
 @needs_ipv6
 def test_create_connection_ipv6(loop, closer):
-    lsock = _listener(closer, "::1", socket.AF_INET6)
+    lsock = listener(closer, "::1", socket.AF_INET6)
     port = lsock.getsockname()[1]
 
     async def main():
@@ -264,7 +88,7 @@ def test_create_connection_ipv6(loop, closer):
         closer(tr)
         assert tr.get_extra_info("socket").family == socket.AF_INET6
         assert tr.get_extra_info("peername")[:2] == ("::1", port)
-        peer = _accept(closer, lsock)
+        peer = accept(closer, lsock)
         peer.sendall(b"six")
         assert await proto.wait_for_bytes(3) == b"six"
 
@@ -272,9 +96,9 @@ def test_create_connection_ipv6(loop, closer):
 
 
 def test_create_connection_with_connected_sock(loop, closer):
-    lsock = _listener(closer)
-    sock = _connect(closer, lsock.getsockname())  # blocking, already connected
-    peer = _accept(closer, lsock)
+    lsock = listener(closer)
+    sock = blocking_client(closer, lsock.getsockname())  # blocking, already connected
+    peer = accept(closer, lsock)
 
     async def main():
         tr, proto = await loop.create_connection(lambda: Recorder(loop), sock=sock)
@@ -283,7 +107,7 @@ def test_create_connection_with_connected_sock(loop, closer):
         assert tr.get_extra_info("socket").fileno() == sock.fileno()
         assert tr.get_extra_info("peername") == lsock.getsockname()
         tr.write(b"via sock=")
-        assert await in_thread(_recv_exactly, peer, 9) == b"via sock="
+        assert await in_thread(recv_exactly, peer, 9) == b"via sock="
         tr.close()
         await proto.lost
         # The transport owned the socket: closing it closed the caller's socket object.
@@ -293,7 +117,7 @@ def test_create_connection_with_connected_sock(loop, closer):
 
 
 def test_create_connection_local_addr(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
 
     async def main():
         tr, proto = await loop.create_connection(
@@ -301,14 +125,14 @@ def test_create_connection_local_addr(loop, closer):
         )
         closer(tr)
         assert tr.get_extra_info("sockname")[0] == "127.0.0.2"
-        peer = _accept(closer, lsock)
+        peer = accept(closer, lsock)
         assert peer.getpeername() == tr.get_extra_info("sockname")
 
     run(loop, main())
 
 
 def test_create_connection_local_addr_in_use(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
 
     async def main():
         await loop.create_connection(
@@ -335,7 +159,7 @@ def test_create_connection_local_addr_in_use(loop, closer):
     ids=repr,
 )
 def test_create_connection_resolution_options(loop, closer, kwargs):
-    lsock = _listener(closer)
+    lsock = listener(closer)
     host, port = lsock.getsockname()
 
     async def main():
@@ -343,7 +167,7 @@ def test_create_connection_resolution_options(loop, closer, kwargs):
         closer(tr)
         assert tr.get_extra_info("peername") == (host, port)
         assert tr.get_extra_info("socket").family == socket.AF_INET
-        peer = _accept(closer, lsock)
+        peer = accept(closer, lsock)
         peer.sendall(b"k")
         assert await proto.wait_for_bytes(1) == b"k"
 
@@ -351,7 +175,7 @@ def test_create_connection_resolution_options(loop, closer, kwargs):
 
 
 def test_create_connection_family_filters_localhost(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
     port = lsock.getsockname()[1]
 
     async def main():
@@ -365,7 +189,7 @@ def test_create_connection_family_filters_localhost(loop, closer):
 
 
 def test_create_connection_numerichost_flag_rejects_a_name(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
     port = lsock.getsockname()[1]
     with pytest.raises(socket.gaierror) as info:
         run(
@@ -378,7 +202,7 @@ def test_create_connection_numerichost_flag_rejects_a_name(loop, closer):
 
 
 def test_create_connection_family_mismatch_is_a_gaierror(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
     port = lsock.getsockname()[1]
     with pytest.raises(socket.gaierror):
         run(
@@ -393,7 +217,7 @@ def test_create_connection_family_mismatch_is_a_gaierror(loop, closer):
     "kwargs", [{}, {"happy_eyeballs_delay": 0.05}, {"interleave": 1}], ids=repr
 )
 def test_create_connection_refused(loop, closer, kwargs):
-    host, port = _refused_addr(closer)
+    host, port = refused_addr(closer)
     made = []
     with pytest.raises(ConnectionRefusedError) as info:
         run(loop, loop.create_connection(lambda: made.append(1), host, port, **kwargs))
@@ -409,7 +233,7 @@ def test_create_connection_refused(loop, closer, kwargs):
 )
 def test_create_connection_falls_back_to_the_next_address(loop, closer, kwargs):
     # host=None resolves to the loopback addresses: ::1 first (refused), then 127.0.0.1.
-    lsock = _listener(closer)
+    lsock = listener(closer)
     port = lsock.getsockname()[1]
 
     async def main():
@@ -418,7 +242,7 @@ def test_create_connection_falls_back_to_the_next_address(loop, closer, kwargs):
         tr, proto = await loop.create_connection(lambda: Recorder(loop), None, port, **kwargs)
         closer(tr)
         assert tr.get_extra_info("peername") == ("127.0.0.1", port)
-        peer = _accept(closer, lsock)
+        peer = accept(closer, lsock)
         peer.sendall(b"v4")
         assert await proto.wait_for_bytes(2) == b"v4"
 
@@ -428,7 +252,7 @@ def test_create_connection_falls_back_to_the_next_address(loop, closer, kwargs):
 @needs_ipv6
 @pytest.mark.parametrize("kwargs", [{}, {"happy_eyeballs_delay": 0.05}], ids=repr)
 def test_create_connection_every_address_refused(loop, closer, kwargs):
-    host, port = _refused_addr(closer)
+    host, port = refused_addr(closer)
     with pytest.raises(OSError) as info:
         run(loop, loop.create_connection(lambda: Recorder(loop), None, port, **kwargs))
     message = str(info.value)
@@ -444,8 +268,8 @@ def test_create_connection_every_address_refused(loop, closer, kwargs):
 
 def test_create_connection_then_a_working_one(loop, closer):
     """A refused attempt leaves the loop in a good state for the next connection."""
-    refused = _refused_addr(closer)
-    lsock = _listener(closer)
+    refused = refused_addr(closer)
+    lsock = listener(closer)
 
     async def main():
         with pytest.raises(ConnectionRefusedError):
@@ -458,22 +282,43 @@ def test_create_connection_then_a_working_one(loop, closer):
 
 
 def _connected_pair(closer: Closer) -> socket.socket:
-    a, b = socket.socketpair()
-    closer(a)
-    closer(b)
-    return a
+    return socket_pair(closer)[0]
 
 
 def _udp_sock(closer: Closer) -> socket.socket:
     return closer(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
 
 
-def _ssl_sock(closer: Closer) -> socket.socket:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    return closer(
-        ctx.wrap_socket(socket.socket(), server_hostname="example", do_handshake_on_connect=False)
-    )
+def _timeouts_without_ssl(target) -> list:
+    """ssl_handshake_timeout= and ssl_shutdown_timeout= without ssl=, next to target(closer)."""
+    return [
+        (
+            "handshake-timeout-without-ssl",
+            lambda c: {**target(c), "ssl_handshake_timeout": 1.0},
+            ValueError,
+            "ssl_handshake_timeout is only meaningful with ssl",
+        ),
+        (
+            "shutdown-timeout-without-ssl",
+            lambda c: {**target(c), "ssl_shutdown_timeout": 1.0},
+            ValueError,
+            "ssl_shutdown_timeout is only meaningful with ssl",
+        ),
+    ]
 
+
+DATAGRAM_SOCK = (
+    "datagram-sock",
+    lambda c: {"sock": _udp_sock(c)},
+    ValueError,
+    "A Stream Socket was expected, got",
+)
+SSL_SOCKET = (
+    "ssl-socket",
+    lambda c: {"sock": ssl_socket(c)},
+    TypeError,
+    "Socket cannot be of type SSLSocket",
+)
 
 CREATE_CONNECTION_BAD_ARGS = [
     (
@@ -494,18 +339,7 @@ CREATE_CONNECTION_BAD_ARGS = [
         ValueError,
         "host and port was not specified and no sock specified",
     ),
-    (
-        "handshake-timeout-without-ssl",
-        lambda c: {"host": "127.0.0.1", "port": 1, "ssl_handshake_timeout": 1.0},
-        ValueError,
-        "ssl_handshake_timeout is only meaningful with ssl",
-    ),
-    (
-        "shutdown-timeout-without-ssl",
-        lambda c: {"host": "127.0.0.1", "port": 1, "ssl_shutdown_timeout": 1.0},
-        ValueError,
-        "ssl_shutdown_timeout is only meaningful with ssl",
-    ),
+    *_timeouts_without_ssl(lambda c: {"host": "127.0.0.1", "port": 1}),
     (
         "server-hostname-without-ssl",
         lambda c: {"host": "127.0.0.1", "port": 1, "server_hostname": "x"},
@@ -518,26 +352,12 @@ CREATE_CONNECTION_BAD_ARGS = [
         ValueError,
         "You must set server_hostname when using ssl without a host",
     ),
-    (
-        "datagram-sock",
-        lambda c: {"sock": _udp_sock(c)},
-        ValueError,
-        "A Stream Socket was expected, got",
-    ),
-    (
-        "ssl-socket",
-        lambda c: {"sock": _ssl_sock(c)},
-        TypeError,
-        "Socket cannot be of type SSLSocket",
-    ),
+    DATAGRAM_SOCK,
+    SSL_SOCKET,
 ]
 
 
-@pytest.mark.parametrize(
-    "make_kwargs,exc_type,message",
-    [case[1:] for case in CREATE_CONNECTION_BAD_ARGS],
-    ids=[case[0] for case in CREATE_CONNECTION_BAD_ARGS],
-)
+@pytest.mark.parametrize("make_kwargs,exc_type,message", named_cases(CREATE_CONNECTION_BAD_ARGS))
 def test_create_connection_invalid_arguments(loop, closer, make_kwargs, exc_type, message):
     kwargs = make_kwargs(closer)
     with pytest.raises(exc_type, match=message):
@@ -562,14 +382,14 @@ def test_create_server_port_zero(loop, closer):
         host, port = socks[0].getsockname()
         assert host == "127.0.0.1"
         assert port != 0
-        client = _connect(closer, (host, port))
+        client = blocking_client(closer, (host, port))
         proto = await factory.next_connection()
         assert proto.transport.get_extra_info("peername") == client.getsockname()
         assert proto.transport.get_extra_info("sockname") == (host, port)
         client.sendall(b"hello server")
         assert await proto.wait_for_bytes(12) == b"hello server"
         proto.transport.write(b"hello client")
-        assert await in_thread(_recv_exactly, client, 12) == b"hello client"
+        assert await in_thread(recv_exactly, client, 12) == b"hello client"
         client.close()
         await proto.eof
         assert await proto.lost is None
@@ -595,7 +415,7 @@ def test_create_server_several_hosts(loop, closer):
         assert sorted(h for h, _ in names) == ["127.0.0.1", "127.0.0.2"]
         assert all(port != 0 for _, port in names)
         for addr in names:
-            client = _connect(closer, addr)
+            client = blocking_client(closer, addr)
             proto = await factory.next_connection()
             assert proto.transport.get_extra_info("sockname") == addr
             client.sendall(b"x")
@@ -616,7 +436,7 @@ def test_create_server_ipv4_and_ipv6(loop, closer):
         v6 = by_family[socket.AF_INET6]
         assert v6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) != 0
         for s in server.sockets:
-            _connect(closer, s.getsockname()[:2])
+            blocking_client(closer, s.getsockname()[:2])
             await factory.next_connection()
 
     run(loop, main())
@@ -676,7 +496,7 @@ def test_create_server_reuse_port(loop, closer):
         assert second.sockets[0].getsockopt(*opt) != 0
         plain = closer(await loop.create_server(factory, "127.0.0.1", 0))
         assert plain.sockets[0].getsockopt(*opt) == 0
-        _connect(closer, ("127.0.0.1", port))
+        blocking_client(closer, ("127.0.0.1", port))
         await factory.next_connection()
 
     run(loop, main())
@@ -689,7 +509,7 @@ def test_create_server_backlog(loop, closer):
         server = closer(await loop.create_server(factory, "127.0.0.1", 0, backlog=1))
         addr = server.sockets[0].getsockname()
         for _ in range(3):
-            _connect(closer, addr)
+            blocking_client(closer, addr)
             await factory.next_connection()
         assert len(factory.protocols) == 3
 
@@ -707,7 +527,7 @@ def test_create_server_with_sock(loop, closer):
         assert server.sockets[0].fileno() == sock.fileno()
         assert server.sockets[0].getsockname() == sock.getsockname()
         assert sock.gettimeout() == 0.0
-        client = _connect(closer, sock.getsockname())
+        client = blocking_client(closer, sock.getsockname())
         proto = await factory.next_connection()
         client.sendall(b"s")
         await proto.wait_for_bytes(1)
@@ -731,7 +551,7 @@ def test_create_server_start_serving_false(loop, closer):
         await server.start_serving()
         assert server.is_serving() is True
         await server.start_serving()  # a second call is harmless
-        client = _connect(closer, server.sockets[0].getsockname())
+        client = blocking_client(closer, server.sockets[0].getsockname())
         proto = await factory.next_connection()
         client.sendall(b"now")
         assert await proto.wait_for_bytes(3) == b"now"
@@ -758,38 +578,13 @@ CREATE_SERVER_BAD_ARGS = [
         TypeError,
         "ssl argument must be an SSLContext or None",
     ),
-    (
-        "handshake-timeout-without-ssl",
-        lambda c: {"host": "127.0.0.1", "port": 0, "ssl_handshake_timeout": 1.0},
-        ValueError,
-        "ssl_handshake_timeout is only meaningful with ssl",
-    ),
-    (
-        "shutdown-timeout-without-ssl",
-        lambda c: {"host": "127.0.0.1", "port": 0, "ssl_shutdown_timeout": 1.0},
-        ValueError,
-        "ssl_shutdown_timeout is only meaningful with ssl",
-    ),
-    (
-        "datagram-sock",
-        lambda c: {"sock": _udp_sock(c)},
-        ValueError,
-        "A Stream Socket was expected, got",
-    ),
-    (
-        "ssl-socket",
-        lambda c: {"sock": _ssl_sock(c)},
-        TypeError,
-        "Socket cannot be of type SSLSocket",
-    ),
+    *_timeouts_without_ssl(lambda c: {"host": "127.0.0.1", "port": 0}),
+    DATAGRAM_SOCK,
+    SSL_SOCKET,
 ]
 
 
-@pytest.mark.parametrize(
-    "make_kwargs,exc_type,message",
-    [case[1:] for case in CREATE_SERVER_BAD_ARGS],
-    ids=[case[0] for case in CREATE_SERVER_BAD_ARGS],
-)
+@pytest.mark.parametrize("make_kwargs,exc_type,message", named_cases(CREATE_SERVER_BAD_ARGS))
 def test_create_server_invalid_arguments(loop, closer, make_kwargs, exc_type, message):
     kwargs = make_kwargs(closer)
     with pytest.raises(exc_type, match=message):
@@ -810,7 +605,7 @@ def test_server_close_and_wait_closed(loop, closer):
         server.close()  # idempotent
         await server.wait_closed()
         with pytest.raises(ConnectionRefusedError):
-            _connect(closer, addr)
+            blocking_client(closer, addr)
 
     run(loop, main())
 
@@ -820,7 +615,7 @@ def test_server_close_keeps_accepted_connections(loop, closer):
 
     async def main():
         server = closer(await loop.create_server(factory, "127.0.0.1", 0))
-        client = _connect(closer, server.sockets[0].getsockname())
+        client = blocking_client(closer, server.sockets[0].getsockname())
         proto = await factory.next_connection()
         waiter = asyncio.ensure_future(server.wait_closed())
         await asyncio.sleep(0)
@@ -830,7 +625,7 @@ def test_server_close_keeps_accepted_connections(loop, closer):
         client.sendall(b"still here")
         assert await proto.wait_for_bytes(10) == b"still here"
         proto.transport.write(b"me too")
-        assert await in_thread(_recv_exactly, client, 6) == b"me too"
+        assert await in_thread(recv_exactly, client, 6) == b"me too"
         # ... and wait_closed() (called before close()) waits for it.
         assert not waiter.done()
         proto.transport.close()
@@ -884,7 +679,7 @@ def test_server_async_with(loop, closer):
         async with server as entered:
             assert entered is server
             await server.start_serving()
-            _connect(closer, server.sockets[0].getsockname())
+            blocking_client(closer, server.sockets[0].getsockname())
             proto = await factory.next_connection()
             proto.transport.close()
             await proto.lost
@@ -922,7 +717,7 @@ def test_server_side_protocol_callbacks_once_each(loop, closer):
 
     async def main():
         server = closer(await loop.create_server(factory, "127.0.0.1", 0))
-        client = _connect(closer, server.sockets[0].getsockname())
+        client = blocking_client(closer, server.sockets[0].getsockname())
         proto = await factory.next_connection()
         client.sendall(b"abc")
         await proto.wait_for_bytes(3)
@@ -941,9 +736,9 @@ def test_server_side_protocol_callbacks_once_each(loop, closer):
 
 
 def test_connect_accepted_socket(loop, closer):
-    lsock = _listener(closer)
-    client = _connect(closer, lsock.getsockname())
-    conn = _accept(closer, lsock)
+    lsock = listener(closer)
+    client = blocking_client(closer, lsock.getsockname())
+    conn = accept(closer, lsock)
 
     async def main():
         tr, proto = await loop.connect_accepted_socket(lambda: Recorder(loop), conn)
@@ -955,7 +750,7 @@ def test_connect_accepted_socket(loop, closer):
         client.sendall(b"accepted")
         assert await proto.wait_for_bytes(8) == b"accepted"
         tr.write(b"reply")
-        assert await in_thread(_recv_exactly, client, 5) == b"reply"
+        assert await in_thread(recv_exactly, client, 5) == b"reply"
         client.close()
         await proto.eof
         assert await proto.lost is None
@@ -964,40 +759,26 @@ def test_connect_accepted_socket(loop, closer):
 
 
 def test_connect_accepted_socket_from_socketpair(loop, closer):
-    a, b = socket.socketpair()
-    closer(a)
-    closer(b)
+    a, b = socket_pair(closer)
     b.settimeout(TIMEOUT)
 
     async def main():
         tr, proto = await loop.connect_accepted_socket(lambda: Recorder(loop), a)
         closer(tr)
         tr.write(b"pair")
-        assert await in_thread(_recv_exactly, b, 4) == b"pair"
+        assert await in_thread(recv_exactly, b, 4) == b"pair"
 
     run(loop, main())
 
 
+CONNECT_ACCEPTED_SOCKET_BAD_ARGS = [
+    DATAGRAM_SOCK,
+    *_timeouts_without_ssl(lambda c: {"sock": _connected_pair(c)}),
+]
+
+
 @pytest.mark.parametrize(
-    "make_kwargs,exc_type,message",
-    [
-        (
-            lambda c: {"sock": _udp_sock(c)},
-            ValueError,
-            "A Stream Socket was expected, got",
-        ),
-        (
-            lambda c: {"sock": _connected_pair(c), "ssl_handshake_timeout": 1.0},
-            ValueError,
-            "ssl_handshake_timeout is only meaningful with ssl",
-        ),
-        (
-            lambda c: {"sock": _connected_pair(c), "ssl_shutdown_timeout": 1.0},
-            ValueError,
-            "ssl_shutdown_timeout is only meaningful with ssl",
-        ),
-    ],
-    ids=["datagram-sock", "handshake-timeout-without-ssl", "shutdown-timeout-without-ssl"],
+    "make_kwargs,exc_type,message", named_cases(CONNECT_ACCEPTED_SOCKET_BAD_ARGS)
 )
 def test_connect_accepted_socket_invalid_arguments(loop, closer, make_kwargs, exc_type, message):
     kwargs = make_kwargs(closer)
@@ -1075,13 +856,13 @@ def test_protocol_callbacks_run_in_the_context_of_the_setup_call(loop, closer):
 
 
 def test_unclosed_transport_warns_when_collected(loop, closer):
-    lsock = _listener(closer)
+    lsock = listener(closer)
 
     async def main():
         return await loop.create_connection(asyncio.Protocol, *lsock.getsockname())
 
     tr, proto = run(loop, main())
-    _accept(closer, lsock)
+    accept(closer, lsock)
     loop.close()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

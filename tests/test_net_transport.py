@@ -9,170 +9,37 @@ from __future__ import annotations
 
 import array
 import asyncio
-import gc
 import hashlib
 import logging
 import os
 import random
-import shutil
 import socket
-import tempfile
-import warnings
-from collections.abc import Iterator
 
 import pytest
+from net_support import (  # noqa: F401
+    NET_MARKS,
+    TIMEOUT,
+    Closer,
+    MiB,
+    Recorder,
+    Waitable,
+    closer_fixture,
+    collect_garbage,
+    frozen_heap,
+    handler_calls_fixture,
+    in_thread,
+    kind_fixture,
+    recv_exactly,
+    run,
+    settle,
+    socket_pair,
+    tmpdir_short_fixture,
+)
 
-pytestmark = [
-    pytest.mark.timeout(10),
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
-
-TIMEOUT = 5.0
-MiB = 1024 * 1024
-
-
-def run(loop: asyncio.AbstractEventLoop, coro, timeout: float = TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_heap() -> Iterator[None]:
-    # Objects from before this module are moved out of the collector's sight so that the
-    # per-test gc.collect() below stays cheap. Garbage left by other modules is collected
-    # first, silently: it is not this module's leak.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
+pytestmark = NET_MARKS
 
 
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    # Torn down after the loop fixture: unclosed sockets/transports surface here as errors.
-    yield
-    gc.collect()
-
-
-class Closer:
-    """Closes sockets, transports and servers at the end of a test, whatever happened."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: list = []
-
-    def __call__(self, obj):
-        self.items.append(obj)
-        return obj
-
-    def close_all(self) -> None:
-        for obj in reversed(self.items):
-            if isinstance(obj, socket.socket):
-                obj.close()
-            elif hasattr(obj, "abort"):
-                # Not after a completed flush-on-close: asyncio's abort() would then fail.
-                if not obj.is_closing() or obj.get_write_buffer_size():
-                    obj.abort()
-            elif hasattr(obj, "close"):
-                obj.close()
-        if not self.loop.is_closed() and not self.loop.is_running():
-            self.loop.run_until_complete(_settle())
-
-
-async def _settle(rounds: int = 5) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-@pytest.fixture
-def closer(loop) -> Iterator[Closer]:
-    c = Closer(loop)
-    yield c
-    c.close_all()
-
-
-@pytest.fixture
-def tmpdir_short() -> Iterator[str]:
-    # AF_UNIX paths are limited to ~108 bytes: keep them short.
-    d = tempfile.mkdtemp(prefix="fl")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-class Recorder(asyncio.Protocol):
-    """Records every callback; coroutines can wait for a condition on the recorded state."""
-
-    def __init__(self, loop, *, eof_result=None) -> None:
-        self.loop = loop
-        self.eof_result = eof_result
-        self.transport = None
-        self.events: list[str] = []
-        self.data = bytearray()
-        self.chunk_types: set[type] = set()
-        self.made = loop.create_future()
-        self.eof = loop.create_future()
-        self.lost = loop.create_future()
-        self.paused_sizes: list[int] = []
-        self.resumed_sizes: list[int] = []
-        self._waiters: list[asyncio.Future] = []
-
-    def _wake(self) -> None:
-        for w in self._waiters:
-            if not w.done():
-                w.set_result(None)
-        self._waiters.clear()
-
-    async def wait_until(self, predicate) -> None:
-        while not predicate():
-            w = self.loop.create_future()
-            self._waiters.append(w)
-            await w
-
-    async def wait_for_bytes(self, n: int) -> bytes:
-        await self.wait_until(lambda: len(self.data) >= n or self.lost.done())
-        assert len(self.data) >= n, (len(self.data), n, self.events)
-        return bytes(self.data)
-
-    def connection_made(self, transport) -> None:
-        self.events.append("made")
-        self.transport = transport
-        if not self.made.done():
-            self.made.set_result(transport)
-        self._wake()
-
-    def data_received(self, data) -> None:
-        self.events.append("data")
-        self.chunk_types.add(type(data))
-        self.data += data
-        self._wake()
-
-    def eof_received(self):
-        self.events.append("eof")
-        if not self.eof.done():
-            self.eof.set_result(None)
-        self._wake()
-        return self.eof_result
-
-    def connection_lost(self, exc) -> None:
-        self.events.append("lost")
-        if not self.lost.done():
-            self.lost.set_result(exc)
-        self._wake()
-
-    def pause_writing(self) -> None:
-        self.events.append("pause_writing")
-        self.paused_sizes.append(self.transport.get_write_buffer_size())
-        self._wake()
-
-    def resume_writing(self) -> None:
-        self.events.append("resume_writing")
-        self.resumed_sizes.append(self.transport.get_write_buffer_size())
-        self._wake()
-
-
-class BufferedRecorder(asyncio.BufferedProtocol):
+class BufferedRecorder(Waitable, asyncio.BufferedProtocol):
     def __init__(self, loop, *, size: int = 1000, view: bool = False) -> None:
         self.loop = loop
         self.buf = bytearray(size)
@@ -184,18 +51,6 @@ class BufferedRecorder(asyncio.BufferedProtocol):
         self.eof = loop.create_future()
         self.lost = loop.create_future()
         self._waiters: list[asyncio.Future] = []
-
-    def _wake(self) -> None:
-        for w in self._waiters:
-            if not w.done():
-                w.set_result(None)
-        self._waiters.clear()
-
-    async def wait_until(self, predicate) -> None:
-        while not predicate():
-            w = self.loop.create_future()
-            self._waiters.append(w)
-            await w
 
     def connection_made(self, transport) -> None:
         self.events.append("made")
@@ -228,16 +83,6 @@ class BufferedRecorder(asyncio.BufferedProtocol):
 # ---------------------------------------------------------------- the far end (threads)
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), MiB))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
-
-
 def _recv_until_eof(sock: socket.socket) -> bytes:
     buf = bytearray()
     while True:
@@ -249,18 +94,6 @@ def _recv_until_eof(sock: socket.socket) -> bytes:
             break
         buf += chunk
     return bytes(buf)
-
-
-async def in_thread(func, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
-
-
-KINDS = ["tcp", "unix"]
-
-
-@pytest.fixture(params=KINDS)
-def kind(request) -> str:
-    return request.param
 
 
 async def open_pair(loop, closer: Closer, kind: str, tmpdir: str, factory, *, small_buffers=False):
@@ -289,6 +122,22 @@ async def open_pair(loop, closer: Closer, kind: str, tmpdir: str, factory, *, sm
     return transport, protocol, peer
 
 
+@pytest.fixture
+def connect(loop, closer, kind, tmpdir_short):
+    """``await connect(factory=None, *, small_buffers=False)``: open_pair() for this test.
+
+    The default factory builds a Recorder.
+    """
+
+    async def connect(factory=None, *, small_buffers=False):
+        factory = factory or (lambda: Recorder(loop))
+        return await open_pair(
+            loop, closer, kind, tmpdir_short, factory, small_buffers=small_buffers
+        )
+
+    return connect
+
+
 def _payload(n: int) -> bytes:
     return os.urandom(n)
 
@@ -296,9 +145,9 @@ def _payload(n: int) -> bytes:
 # ---------------------------------------------------------------- basics
 
 
-def test_connection_made_then_data_both_ways(loop, closer, tmpdir_short, kind):
+def test_connection_made_then_data_both_ways(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         assert proto.made.done()
         assert proto.transport is tr
         assert tr.get_protocol() is proto
@@ -306,7 +155,7 @@ def test_connection_made_then_data_both_ways(loop, closer, tmpdir_short, kind):
         tr.write(b"hello ")
         tr.write(bytearray(b"from "))
         tr.write(memoryview(b"[transport]")[1:-1])
-        assert await in_thread(_recv_exactly, peer, 20) == b"hello from transport"
+        assert await in_thread(recv_exactly, peer, 20) == b"hello from transport"
         peer.sendall(b"and back")
         assert await proto.wait_for_bytes(8) == b"and back"
         assert proto.chunk_types == {bytes}
@@ -314,24 +163,24 @@ def test_connection_made_then_data_both_ways(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_writelines(loop, closer, tmpdir_short, kind):
+def test_writelines(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         tr.writelines([b"a", bytearray(b"bc"), memoryview(b"def")])
         tr.writelines(x for x in (b"gh", b"i"))
         tr.writelines([])
-        assert await in_thread(_recv_exactly, peer, 9) == b"abcdefghi"
+        assert await in_thread(recv_exactly, peer, 9) == b"abcdefghi"
 
     run(loop, main())
 
 
-def test_write_empty_bytes_is_a_noop(loop, closer, tmpdir_short, kind):
+def test_write_empty_bytes_is_a_noop(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         tr.write(b"")
         assert tr.get_write_buffer_size() == 0
         tr.write(b"x")
-        assert await in_thread(_recv_exactly, peer, 1) == b"x"
+        assert await in_thread(recv_exactly, peer, 1) == b"x"
 
     run(loop, main())
 
@@ -341,30 +190,30 @@ def test_write_empty_bytes_is_a_noop(loop, closer, tmpdir_short, kind):
     ["text", 123, None, [b"a"], array.array("b", [1, 2])],
     ids=["str", "int", "None", "list", "array"],
 )
-def test_write_non_bytes_raises_type_error(loop, closer, tmpdir_short, kind, bad):
+def test_write_non_bytes_raises_type_error(loop, connect, bad):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         with pytest.raises(TypeError, match="data argument must be a bytes-like object"):
             tr.write(bad)
         # The transport is still fine.
         tr.write(b"ok")
-        assert await in_thread(_recv_exactly, peer, 2) == b"ok"
+        assert await in_thread(recv_exactly, peer, 2) == b"ok"
 
     run(loop, main())
 
 
-def test_writelines_with_non_bytes_item_raises_type_error(loop, closer, tmpdir_short, kind):
+def test_writelines_with_non_bytes_item_raises_type_error(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         with pytest.raises(TypeError):
             tr.writelines([b"a", "b"])
 
     run(loop, main())
 
 
-def test_get_extra_info(loop, closer, tmpdir_short, kind):
+def test_get_extra_info(loop, connect, kind):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         sock = tr.get_extra_info("socket")
         assert sock is not None
         family = socket.AF_INET if kind == "tcp" else socket.AF_UNIX
@@ -391,9 +240,9 @@ def test_tcp_nodelay_is_set(loop, closer, tmpdir_short):
     run(loop, main())
 
 
-def test_is_closing_and_close_is_idempotent(loop, closer, tmpdir_short, kind):
+def test_is_closing_and_close_is_idempotent(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         assert tr.is_closing() is False
         tr.close()
         assert tr.is_closing() is True
@@ -401,7 +250,7 @@ def test_is_closing_and_close_is_idempotent(loop, closer, tmpdir_short, kind):
         assert await proto.lost is None
         tr.close()
         tr.abort()
-        await _settle()
+        await settle()
         assert tr.is_closing() is True
         assert proto.events == ["made", "lost"]
         assert await in_thread(_recv_until_eof, peer) == b""
@@ -410,9 +259,9 @@ def test_is_closing_and_close_is_idempotent(loop, closer, tmpdir_short, kind):
 
 
 @pytest.mark.parametrize("how", ["close", "abort"])
-def test_connection_lost_called_once_in_a_later_iteration(loop, closer, tmpdir_short, kind, how):
+def test_connection_lost_called_once_in_a_later_iteration(loop, connect, how):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         getattr(tr, how)()
         # Never from inside close()/abort() itself.
         assert "lost" not in proto.events
@@ -427,53 +276,39 @@ def test_connection_lost_called_once_in_a_later_iteration(loop, closer, tmpdir_s
     run(loop, main())
 
 
-def test_close_flushes_pending_data(loop, closer, tmpdir_short, kind):
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_pending_data_on_close_and_abort(loop, connect, how):
+    """close() flushes the queued data before connection_lost(); abort() drops it."""
     data = _payload(4 * MiB)
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Recorder(loop), small_buffers=True
-        )
+        tr, proto, peer = await connect(small_buffers=True)
         tr.write(data)
         assert tr.get_write_buffer_size() > 0
-        tr.close()
+        getattr(tr, how)()
         assert tr.is_closing()
-        await asyncio.sleep(0.01)
-        assert not proto.lost.done()  # still flushing: the peer has not read anything
-        received = await in_thread(_recv_until_eof, peer)
-        assert len(received) == len(data)
-        assert received == data
-        assert await proto.lost is None
+        if how == "close":
+            await asyncio.sleep(0.01)
+            assert not proto.lost.done()  # still flushing: the peer has not read anything
+            received = await in_thread(_recv_until_eof, peer)
+            assert len(received) == len(data)
+            assert received == data
+            assert await proto.lost is None
+        else:
+            assert await proto.lost is None
+            received = await in_thread(_recv_until_eof, peer)
+            assert len(received) < len(data)
+            assert received == data[: len(received)]
         assert proto.events.count("lost") == 1
 
     run(loop, main())
 
 
-def test_abort_drops_pending_data(loop, closer, tmpdir_short, kind):
-    data = _payload(4 * MiB)
-
+def test_write_after_close_is_ignored(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Recorder(loop), small_buffers=True
-        )
-        tr.write(data)
-        assert tr.get_write_buffer_size() > 0
-        tr.abort()
-        assert tr.is_closing()
-        assert await proto.lost is None
-        received = await in_thread(_recv_until_eof, peer)
-        assert len(received) < len(data)
-        assert received == data[: len(received)]
-        assert proto.events.count("lost") == 1
-
-    run(loop, main())
-
-
-def test_write_after_close_is_ignored(loop, closer, tmpdir_short, kind):
-    async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         tr.write(b"before")
-        assert await in_thread(_recv_exactly, peer, 6) == b"before"
+        assert await in_thread(recv_exactly, peer, 6) == b"before"
         tr.close()
         tr.write(b"after close")  # no exception, nothing sent
         tr.writelines([b"more"])
@@ -485,11 +320,11 @@ def test_write_after_close_is_ignored(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_many_writes_after_close_log_a_warning(loop, closer, tmpdir_short, kind, caplog):
+def test_many_writes_after_close_log_a_warning(loop, connect, caplog):
     caplog.set_level(logging.WARNING, logger="asyncio")
 
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         tr.close()
         await proto.lost
         tr.write(b"x")
@@ -505,9 +340,9 @@ def test_many_writes_after_close_log_a_warning(loop, closer, tmpdir_short, kind,
     assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "asyncio")
 
 
-def test_write_after_abort_is_ignored(loop, closer, tmpdir_short, kind):
+def test_write_after_abort_is_ignored(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         tr.abort()
         tr.write(b"after abort")
         await proto.lost
@@ -519,9 +354,9 @@ def test_write_after_abort_is_ignored(loop, closer, tmpdir_short, kind):
 # ---------------------------------------------------------------- write_eof / half close
 
 
-def test_write_eof(loop, closer, tmpdir_short, kind):
+def test_write_eof(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         assert tr.can_write_eof() is True
         tr.write(b"last words")
         tr.write_eof()
@@ -538,13 +373,11 @@ def test_write_eof(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_write_eof_with_pending_data_flushes_first(loop, closer, tmpdir_short, kind):
+def test_write_eof_with_pending_data_flushes_first(loop, connect):
     data = _payload(2 * MiB)
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Recorder(loop), small_buffers=True
-        )
+        tr, proto, peer = await connect(small_buffers=True)
         tr.write(data)
         assert tr.get_write_buffer_size() > 0
         tr.write_eof()
@@ -556,9 +389,9 @@ def test_write_eof_with_pending_data_flushes_first(loop, closer, tmpdir_short, k
     run(loop, main())
 
 
-def test_write_after_write_eof_raises_runtime_error(loop, closer, tmpdir_short, kind):
+def test_write_after_write_eof_raises_runtime_error(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         tr.write_eof()
         with pytest.raises(RuntimeError, match=r"Cannot call write\(\) after write_eof\(\)"):
             tr.write(b"x")
@@ -569,11 +402,9 @@ def test_write_after_write_eof_raises_runtime_error(loop, closer, tmpdir_short, 
     run(loop, main())
 
 
-def test_eof_received_true_keeps_transport_open_for_writing(loop, closer, tmpdir_short, kind):
+def test_eof_received_true_keeps_transport_open_for_writing(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Recorder(loop, eof_result=True)
-        )
+        tr, proto, peer = await connect(lambda: Recorder(loop, eof_result=True))
         peer.sendall(b"question")
         peer.shutdown(socket.SHUT_WR)
         await proto.eof
@@ -582,7 +413,7 @@ def test_eof_received_true_keeps_transport_open_for_writing(loop, closer, tmpdir
         assert tr.is_closing() is False
         assert bytes(proto.data) == b"question"
         tr.write(b"answer")
-        assert await in_thread(_recv_exactly, peer, 6) == b"answer"
+        assert await in_thread(recv_exactly, peer, 6) == b"answer"
         tr.close()
         assert await in_thread(_recv_until_eof, peer) == b""
         assert await proto.lost is None
@@ -593,11 +424,9 @@ def test_eof_received_true_keeps_transport_open_for_writing(loop, closer, tmpdir
 
 
 @pytest.mark.parametrize("eof_result", [None, False])
-def test_eof_received_false_closes_transport(loop, closer, tmpdir_short, kind, eof_result):
+def test_eof_received_false_closes_transport(loop, connect, eof_result):
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Recorder(loop, eof_result=eof_result)
-        )
+        tr, proto, peer = await connect(lambda: Recorder(loop, eof_result=eof_result))
         peer.sendall(b"bye")
         peer.shutdown(socket.SHUT_WR)
         assert await proto.lost is None
@@ -613,9 +442,9 @@ def test_eof_received_false_closes_transport(loop, closer, tmpdir_short, kind, e
 # ---------------------------------------------------------------- reading flow control
 
 
-def test_pause_and_resume_reading(loop, closer, tmpdir_short, kind):
+def test_pause_and_resume_reading(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         assert tr.is_reading() is True
         tr.pause_reading()
         assert tr.is_reading() is False
@@ -634,9 +463,9 @@ def test_pause_and_resume_reading(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_is_reading_false_after_close(loop, closer, tmpdir_short, kind):
+def test_is_reading_false_after_close(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         tr.close()
         assert tr.is_reading() is False
         tr.pause_reading()  # no-ops on a closing transport
@@ -650,9 +479,9 @@ def test_is_reading_false_after_close(loop, closer, tmpdir_short, kind):
 # ---------------------------------------------------------------- writing flow control
 
 
-def test_write_buffer_limits(loop, closer, tmpdir_short, kind):
+def test_write_buffer_limits(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         assert tr.get_write_buffer_limits() == (16384, 65536)
         assert tr.get_write_buffer_size() == 0
         tr.set_write_buffer_limits(high=100)
@@ -676,13 +505,11 @@ def test_write_buffer_limits(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_pause_and_resume_writing_at_water_marks(loop, closer, tmpdir_short, kind):
+def test_pause_and_resume_writing_at_water_marks(loop, connect):
     data = _payload(1 * MiB)
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Recorder(loop), small_buffers=True
-        )
+        tr, proto, peer = await connect(small_buffers=True)
         tr.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
         tr.write(data)
         await proto.wait_until(lambda: "pause_writing" in proto.events)
@@ -690,10 +517,10 @@ def test_pause_and_resume_writing_at_water_marks(loop, closer, tmpdir_short, kin
         tr.write(data)  # more while paused: no second pause_writing
         await asyncio.sleep(0.01)
         assert proto.events == ["made", "pause_writing"]
-        reader = asyncio.ensure_future(in_thread(_recv_exactly, peer, 2 * len(data)))
+        reader = asyncio.ensure_future(in_thread(recv_exactly, peer, 2 * len(data)))
         await proto.wait_until(lambda: "resume_writing" in proto.events)
         assert await reader == data + data
-        await _settle()
+        await settle()
         assert proto.events == ["made", "pause_writing", "resume_writing"]
         assert proto.paused_sizes[0] > 64 * 1024
         assert proto.resumed_sizes[0] <= 16 * 1024
@@ -702,13 +529,11 @@ def test_pause_and_resume_writing_at_water_marks(loop, closer, tmpdir_short, kin
     run(loop, main())
 
 
-def test_lowering_the_high_water_mark_pauses_writing(loop, closer, tmpdir_short, kind):
+def test_lowering_the_high_water_mark_pauses_writing(loop, connect):
     data = _payload(1 * MiB)
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Recorder(loop), small_buffers=True
-        )
+        tr, proto, peer = await connect(small_buffers=True)
         tr.set_write_buffer_limits(high=16 * MiB)
         tr.write(data)
         await asyncio.sleep(0.01)
@@ -716,7 +541,7 @@ def test_lowering_the_high_water_mark_pauses_writing(loop, closer, tmpdir_short,
         assert "pause_writing" not in proto.events
         tr.set_write_buffer_limits(high=1024)
         await proto.wait_until(lambda: "pause_writing" in proto.events)
-        assert await in_thread(_recv_exactly, peer, len(data)) == data
+        assert await in_thread(recv_exactly, peer, len(data)) == data
         await proto.wait_until(lambda: "resume_writing" in proto.events)
         assert proto.events == ["made", "pause_writing", "resume_writing"]
 
@@ -726,9 +551,9 @@ def test_lowering_the_high_water_mark_pauses_writing(loop, closer, tmpdir_short,
 # ---------------------------------------------------------------- protocols
 
 
-def test_set_protocol_switches_mid_stream(loop, closer, tmpdir_short, kind):
+def test_set_protocol_switches_mid_stream(loop, connect):
     async def main():
-        tr, first, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, first, peer = await connect()
         peer.sendall(b"one")
         await first.wait_for_bytes(3)
         second = Recorder(loop)
@@ -745,9 +570,9 @@ def test_set_protocol_switches_mid_stream(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_set_protocol_to_buffered_protocol_mid_stream(loop, closer, tmpdir_short, kind):
+def test_set_protocol_to_buffered_protocol_mid_stream(loop, connect):
     async def main():
-        tr, first, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, first, peer = await connect()
         peer.sendall(b"plain")
         await first.wait_for_bytes(5)
         buffered = BufferedRecorder(loop, size=3)
@@ -764,13 +589,11 @@ def test_set_protocol_to_buffered_protocol_mid_stream(loop, closer, tmpdir_short
 
 
 @pytest.mark.parametrize("view", [False, True], ids=["bytearray", "memoryview"])
-def test_buffered_protocol_receives_everything(loop, closer, tmpdir_short, kind, view):
+def test_buffered_protocol_receives_everything(loop, connect, view):
     data = _payload(2 * MiB)
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: BufferedRecorder(loop, size=4096, view=view)
-        )
+        tr, proto, peer = await connect(lambda: BufferedRecorder(loop, size=4096, view=view))
         assert proto.events == ["made"]
         await in_thread(peer.sendall, data)
         peer.shutdown(socket.SHUT_WR)
@@ -783,26 +606,24 @@ def test_buffered_protocol_receives_everything(loop, closer, tmpdir_short, kind,
     run(loop, main())
 
 
-def test_buffered_protocol_write_path(loop, closer, tmpdir_short, kind):
+def test_buffered_protocol_write_path(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: BufferedRecorder(loop)
-        )
+        tr, proto, peer = await connect(lambda: BufferedRecorder(loop))
         tr.write(b"from a buffered protocol")
-        assert await in_thread(_recv_exactly, peer, 24) == b"from a buffered protocol"
+        assert await in_thread(recv_exactly, peer, 24) == b"from a buffered protocol"
 
     run(loop, main())
 
 
-def test_large_transfer_both_directions(loop, closer, tmpdir_short, kind):
+def test_large_transfer_both_directions(loop, connect):
     out_data = _payload(8 * MiB)
     in_data = _payload(8 * MiB)
 
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         for i in range(0, len(out_data), 256 * 1024):
             tr.write(out_data[i : i + 256 * 1024])
-        reader = asyncio.ensure_future(in_thread(_recv_exactly, peer, len(out_data)))
+        reader = asyncio.ensure_future(in_thread(recv_exactly, peer, len(out_data)))
         await in_thread(peer.sendall, in_data)
         assert await proto.wait_for_bytes(len(in_data)) == in_data
         received = await reader
@@ -815,15 +636,11 @@ def test_large_transfer_both_directions(loop, closer, tmpdir_short, kind):
 # ---------------------------------------------------------------- data integrity and reentrancy
 
 
-def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(
-    loop, closer, tmpdir_short, kind
-):
+def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(loop, connect):
     size = 2 * MiB
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Recorder(loop), small_buffers=True
-        )
+        tr, proto, peer = await connect(small_buffers=True)
         first = bytearray(b"a" * size)
         tr.write(first)
         assert tr.get_write_buffer_size() > 0  # part of it is still queued ...
@@ -834,35 +651,33 @@ def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(
         third = bytearray(b"c" * 10)
         tr.writelines([third])
         third[:] = b"Z" * 10
-        got = await in_thread(_recv_exactly, peer, size + 1010)
+        got = await in_thread(recv_exactly, peer, size + 1010)
         assert got == b"a" * size + b"b" * 1000 + b"c" * 10
 
     run(loop, main())
 
 
-def test_write_from_connection_made(loop, closer, tmpdir_short, kind):
+def test_write_from_connection_made(loop, connect):
     class Greeter(Recorder):
         def connection_made(self, transport):
             super().connection_made(transport)
             transport.write(b"greetings")
 
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Greeter(loop))
-        assert await in_thread(_recv_exactly, peer, 9) == b"greetings"
+        tr, proto, peer = await connect(lambda: Greeter(loop))
+        assert await in_thread(recv_exactly, peer, 9) == b"greetings"
 
     run(loop, main())
 
 
-def test_close_from_data_received_stops_delivery(loop, closer, tmpdir_short, kind):
+def test_close_from_data_received_stops_delivery(loop, connect):
     class CloseOnFirst(Recorder):
         def data_received(self, data):
             super().data_received(data)
             self.transport.close()
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: CloseOnFirst(loop)
-        )
+        tr, proto, peer = await connect(lambda: CloseOnFirst(loop))
         peer.sendall(b"first")
         await proto.lost
         try:
@@ -875,7 +690,7 @@ def test_close_from_data_received_stops_delivery(loop, closer, tmpdir_short, kin
     run(loop, main())
 
 
-def test_pause_reading_from_data_received(loop, closer, tmpdir_short, kind):
+def test_pause_reading_from_data_received(loop, connect):
     class PauseOnFirst(Recorder):
         def data_received(self, data):
             super().data_received(data)
@@ -883,9 +698,7 @@ def test_pause_reading_from_data_received(loop, closer, tmpdir_short, kind):
                 self.transport.pause_reading()
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: PauseOnFirst(loop)
-        )
+        tr, proto, peer = await connect(lambda: PauseOnFirst(loop))
         peer.sendall(b"one")
         await proto.wait_for_bytes(3)
         peer.sendall(b"two")
@@ -901,9 +714,9 @@ def test_pause_reading_from_data_received(loop, closer, tmpdir_short, kind):
 
 
 @pytest.mark.parametrize("how", ["close", "abort"])
-def test_close_while_reading_is_paused(loop, closer, tmpdir_short, kind, how):
+def test_close_while_reading_is_paused(loop, connect, how):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         tr.pause_reading()
         peer.sendall(b"unread")
         getattr(tr, how)()
@@ -913,11 +726,11 @@ def test_close_while_reading_is_paused(loop, closer, tmpdir_short, kind, how):
     run(loop, main())
 
 
-def test_transport_fd_is_reserved(loop, closer, tmpdir_short, kind):
+def test_transport_fd_is_reserved(loop, connect):
     """add_reader/add_writer on a transport's fd is refused while the transport lives."""
 
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         fd = tr.get_extra_info("socket").fileno()
         with pytest.raises(RuntimeError, match=f"File descriptor {fd} is used by transport"):
             loop.add_reader(fd, lambda: None)
@@ -930,9 +743,9 @@ def test_transport_fd_is_reserved(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_transport_socket_is_non_blocking(loop, closer, tmpdir_short, kind):
+def test_transport_socket_is_non_blocking(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         assert tr.get_extra_info("socket").gettimeout() == 0.0
 
     run(loop, main())
@@ -941,15 +754,15 @@ def test_transport_socket_is_non_blocking(loop, closer, tmpdir_short, kind):
 # ---------------------------------------------------------------- sendfile
 
 
-def test_loop_sendfile_over_transport(loop, closer, tmpdir_short, kind):
+def test_loop_sendfile_over_transport(loop, connect, tmpdir_short):
     content = os.urandom(3 * MiB + 17)
     fname = os.path.join(tmpdir_short, "payload.bin")
     with open(fname, "wb") as f:
         f.write(content)
 
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
-        reader = asyncio.ensure_future(in_thread(_recv_exactly, peer, 2 * MiB + 2))
+        tr, proto, peer = await connect()
+        reader = asyncio.ensure_future(in_thread(recv_exactly, peer, 2 * MiB + 2))
         tr.write(b"<")
         with open(fname, "rb") as f:
             sent = await loop.sendfile(tr, f, offset=5, count=2 * MiB)
@@ -970,14 +783,12 @@ def test_loop_sock_sendfile(loop, closer, tmpdir_short):
     fname = os.path.join(tmpdir_short, "payload.bin")
     with open(fname, "wb") as f:
         f.write(content)
-    a, b = socket.socketpair()
-    closer(a)
-    closer(b)
+    a, b = socket_pair(closer)
     a.setblocking(False)
     b.settimeout(TIMEOUT)
 
     async def main():
-        reader = asyncio.ensure_future(in_thread(_recv_exactly, b, len(content)))
+        reader = asyncio.ensure_future(in_thread(recv_exactly, b, len(content)))
         with open(fname, "rb") as f:
             sent = await loop.sock_sendfile(a, f)
         assert sent == len(content)
@@ -989,7 +800,7 @@ def test_loop_sock_sendfile(loop, closer, tmpdir_short):
 # ---------------------------------------------------------------- producers and callbacks
 
 
-def test_producer_driven_by_pause_and_resume_writing(loop, closer, tmpdir_short, kind):
+def test_producer_driven_by_pause_and_resume_writing(loop, connect):
     """The classic producer: write until paused, continue from resume_writing()."""
     total = 4 * MiB
     chunk = 64 * 1024
@@ -1033,9 +844,7 @@ def test_producer_driven_by_pause_and_resume_writing(loop, closer, tmpdir_short,
         return n, h.hexdigest()
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Producer(loop), small_buffers=True
-        )
+        tr, proto, peer = await connect(lambda: Producer(loop), small_buffers=True)
         n, digest = await in_thread(read_all_hash, peer)
         assert n == total
         assert digest == proto.hasher.hexdigest()
@@ -1046,13 +855,11 @@ def test_producer_driven_by_pause_and_resume_writing(loop, closer, tmpdir_short,
 
 
 @pytest.mark.parametrize("how", ["close", "abort"])
-def test_flow_control_callbacks_when_closing_while_paused(loop, closer, tmpdir_short, kind, how):
+def test_flow_control_callbacks_when_closing_while_paused(loop, connect, how):
     data = _payload(1 * MiB)
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Recorder(loop), small_buffers=True
-        )
+        tr, proto, peer = await connect(small_buffers=True)
         tr.write(data)
         assert proto.events == ["made", "pause_writing"]
         getattr(tr, how)()
@@ -1071,9 +878,9 @@ def test_flow_control_callbacks_when_closing_while_paused(loop, closer, tmpdir_s
     run(loop, main())
 
 
-def test_write_eof_then_peer_closes(loop, closer, tmpdir_short, kind):
+def test_write_eof_then_peer_closes(loop, connect):
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         tr.write(b"request")
         tr.write_eof()
         assert await in_thread(_recv_until_eof, peer) == b"request"
@@ -1087,11 +894,7 @@ def test_write_eof_then_peer_closes(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_exception_in_connection_lost_is_reported_and_socket_closed(
-    loop, closer, tmpdir_short, kind
-):
-    calls = []
-    loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))
+def test_exception_in_connection_lost_is_reported_and_socket_closed(loop, connect, handler_calls):
 
     class BadLost(Recorder):
         def connection_lost(self, exc):
@@ -1099,23 +902,21 @@ def test_exception_in_connection_lost_is_reported_and_socket_closed(
             raise ZeroDivisionError("in connection_lost")
 
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: BadLost(loop))
+        tr, proto, peer = await connect(lambda: BadLost(loop))
         sock = tr.get_extra_info("socket")
         tr.close()
         await proto.lost
-        await _settle()
+        await settle()
         assert sock.fileno() == -1  # closed despite the exception
         assert await in_thread(_recv_until_eof, peer) == b""
 
     run(loop, main())
-    assert len(calls) == 1
-    assert isinstance(calls[0]["exception"], ZeroDivisionError)
-    assert "message" in calls[0]
+    assert len(handler_calls) == 1
+    assert isinstance(handler_calls[0]["exception"], ZeroDivisionError)
+    assert "message" in handler_calls[0]
 
 
-def test_exception_in_connection_made_is_reported(loop, closer, tmpdir_short, kind):
-    calls = []
-    loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))
+def test_exception_in_connection_made_is_reported(loop, connect, handler_calls):
 
     class BadMade(Recorder):
         def connection_made(self, transport):
@@ -1124,19 +925,17 @@ def test_exception_in_connection_made_is_reported(loop, closer, tmpdir_short, ki
 
     async def main():
         # asyncio reports the error to the exception handler; the connection is still made.
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: BadMade(loop))
+        tr, proto, peer = await connect(lambda: BadMade(loop))
         assert proto.transport is tr
         peer.sendall(b"still works")
         assert await proto.wait_for_bytes(11) == b"still works"
 
     run(loop, main())
-    assert len(calls) == 1
-    assert isinstance(calls[0]["exception"], ZeroDivisionError)
+    assert len(handler_calls) == 1
+    assert isinstance(handler_calls[0]["exception"], ZeroDivisionError)
 
 
-def test_exception_in_resume_writing_is_reported(loop, closer, tmpdir_short, kind):
-    calls = []
-    loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))
+def test_exception_in_resume_writing_is_reported(loop, connect, handler_calls):
 
     class BadResume(Recorder):
         def resume_writing(self):
@@ -1146,35 +945,31 @@ def test_exception_in_resume_writing_is_reported(loop, closer, tmpdir_short, kin
     data = _payload(1 * MiB)
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: BadResume(loop), small_buffers=True
-        )
+        tr, proto, peer = await connect(lambda: BadResume(loop), small_buffers=True)
         tr.write(data)
-        assert await in_thread(_recv_exactly, peer, len(data)) == data
+        assert await in_thread(recv_exactly, peer, len(data)) == data
         await proto.wait_until(lambda: "resume_writing" in proto.events)
-        await _settle()
+        await settle()
         assert not proto.lost.done()
         tr.write(b"more")
-        assert await in_thread(_recv_exactly, peer, 4) == b"more"
+        assert await in_thread(recv_exactly, peer, 4) == b"more"
         return tr, proto
 
     tr, proto = run(loop, main())
-    assert [c["message"] for c in calls] == ["protocol.resume_writing() failed"]
-    assert isinstance(calls[0]["exception"], ZeroDivisionError)
-    assert calls[0]["transport"] is tr
-    assert calls[0]["protocol"] is proto
+    assert [c["message"] for c in handler_calls] == ["protocol.resume_writing() failed"]
+    assert isinstance(handler_calls[0]["exception"], ZeroDivisionError)
+    assert handler_calls[0]["transport"] is tr
+    assert handler_calls[0]["protocol"] is proto
 
 
-def test_close_from_connection_made(loop, closer, tmpdir_short, kind):
+def test_close_from_connection_made(loop, connect):
     class CloseAtOnce(Recorder):
         def connection_made(self, transport):
             super().connection_made(transport)
             transport.close()
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: CloseAtOnce(loop)
-        )
+        tr, proto, peer = await connect(lambda: CloseAtOnce(loop))
         assert tr.is_closing()
         assert await proto.lost is None
         assert proto.events == ["made", "lost"]
@@ -1183,16 +978,14 @@ def test_close_from_connection_made(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_pause_reading_from_connection_made(loop, closer, tmpdir_short, kind):
+def test_pause_reading_from_connection_made(loop, connect):
     class PauseAtOnce(Recorder):
         def connection_made(self, transport):
             super().connection_made(transport)
             transport.pause_reading()
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: PauseAtOnce(loop)
-        )
+        tr, proto, peer = await connect(lambda: PauseAtOnce(loop))
         assert tr.is_reading() is False
         peer.sendall(b"early")
         await asyncio.sleep(0.05)
@@ -1203,16 +996,14 @@ def test_pause_reading_from_connection_made(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_abort_from_data_received(loop, closer, tmpdir_short, kind):
+def test_abort_from_data_received(loop, connect):
     class AbortOnFirst(Recorder):
         def data_received(self, data):
             super().data_received(data)
             self.transport.abort()
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: AbortOnFirst(loop)
-        )
+        tr, proto, peer = await connect(lambda: AbortOnFirst(loop))
         peer.sendall(b"x")
         assert await proto.lost is None
         await asyncio.sleep(0.02)
@@ -1221,7 +1012,7 @@ def test_abort_from_data_received(loop, closer, tmpdir_short, kind):
     run(loop, main())
 
 
-def test_write_from_eof_received_is_flushed_before_close(loop, closer, tmpdir_short, kind):
+def test_write_from_eof_received_is_flushed_before_close(loop, connect):
     reply = _payload(2 * MiB)
 
     class ReplyOnEof(Recorder):
@@ -1231,9 +1022,7 @@ def test_write_from_eof_received_is_flushed_before_close(loop, closer, tmpdir_sh
             return False  # close, after flushing the reply
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: ReplyOnEof(loop)
-        )
+        tr, proto, peer = await connect(lambda: ReplyOnEof(loop))
         peer.shutdown(socket.SHUT_WR)
         got = await in_thread(_recv_until_eof, peer)
         assert got == reply
@@ -1242,54 +1031,48 @@ def test_write_from_eof_received_is_flushed_before_close(loop, closer, tmpdir_sh
     run(loop, main())
 
 
-def test_write_non_contiguous_memoryview(loop, closer, tmpdir_short, kind):
+def test_write_non_contiguous_memoryview(loop, connect, handler_calls):
     """asyncio accepts the object in write(); the send then fails: a fatal write error."""
-    calls = []
-    loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))
 
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: Recorder(loop))
+        tr, proto, peer = await connect()
         tr.write(memoryview(b"abcdef")[::2])
         exc = await proto.lost
         assert isinstance(exc, BufferError)
         return exc
 
     exc = run(loop, main())
-    assert [c["message"] for c in calls] == ["Fatal write error on socket transport"]
-    assert calls[0]["exception"] is exc
+    assert [c["message"] for c in handler_calls] == ["Fatal write error on socket transport"]
+    assert handler_calls[0]["exception"] is exc
 
 
-def test_buffered_protocol_read_only_buffer_is_a_fatal_read_error(loop, closer, tmpdir_short, kind):
-    calls = []
-    loop.set_exception_handler(lambda lp, ctx: calls.append(ctx))
+def test_buffered_protocol_read_only_buffer_is_a_fatal_read_error(loop, connect, handler_calls):
 
     class ReadOnly(BufferedRecorder):
         def get_buffer(self, sizehint):
             return b"read-only bytes"
 
     async def main():
-        tr, proto, peer = await open_pair(loop, closer, kind, tmpdir_short, lambda: ReadOnly(loop))
+        tr, proto, peer = await connect(lambda: ReadOnly(loop))
         peer.sendall(b"data")
         return await proto.lost
 
     exc = run(loop, main())
     # socket.recv_into() refuses a read-only buffer with TypeError.
     assert isinstance(exc, TypeError)
-    assert [c["message"] for c in calls] == ["Fatal read error on socket transport"]
-    assert calls[0]["exception"] is exc
+    assert [c["message"] for c in handler_calls] == ["Fatal read error on socket transport"]
+    assert handler_calls[0]["exception"] is exc
 
 
-def test_many_small_writes_and_writelines_arrive_in_order(loop, closer, tmpdir_short, kind):
+def test_many_small_writes_and_writelines_arrive_in_order(loop, connect):
     """Thousands of odd-sized pieces, queued while the socket is full (partial sends)."""
     rng = random.Random(1234)
     pieces = [rng.randbytes(rng.randint(1, 3000)) for _ in range(3000)]
     expected = b"".join(pieces)
 
     async def main():
-        tr, proto, peer = await open_pair(
-            loop, closer, kind, tmpdir_short, lambda: Recorder(loop), small_buffers=True
-        )
-        reader = asyncio.ensure_future(in_thread(_recv_exactly, peer, len(expected)))
+        tr, proto, peer = await connect(small_buffers=True)
+        reader = asyncio.ensure_future(in_thread(recv_exactly, peer, len(expected)))
         i = 0
         while i < len(pieces):
             step = rng.randint(1, 40)

@@ -7,168 +7,43 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import os
 import pathlib
-import shutil
 import socket
 import sys
-import tempfile
 import uuid
-import warnings
 from collections.abc import Iterator
 
 import pytest
+from net_support import (  # noqa: F401
+    NET_MARKS,
+    TIMEOUT,
+    Closer,
+    Recorder,
+    ServerSide,
+    closer_fixture,
+    collect_garbage,
+    frozen_heap,
+    named_cases,
+    run,
+    short_tmpdir,
+)
 
-pytestmark = [
-    pytest.mark.timeout(10),
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
-
-TIMEOUT = 5.0
+pytestmark = NET_MARKS
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="abstract namespace is Linux-only"
 )
 
 
-def run(loop: asyncio.AbstractEventLoop, coro, timeout: float = TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_heap() -> Iterator[None]:
-    # Objects from before this module are moved out of the collector's sight so that the
-    # per-test gc.collect() below stays cheap. Garbage left by other modules is collected
-    # first, silently: it is not this module's leak.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    # Torn down after the loop fixture: unclosed sockets/transports surface here as errors.
-    yield
-    gc.collect()
-
-
-class Closer:
-    """Closes sockets, transports and servers at the end of a test, whatever happened."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: list = []
-
-    def __call__(self, obj):
-        self.items.append(obj)
-        return obj
-
-    def close_all(self) -> None:
-        for obj in reversed(self.items):
-            if isinstance(obj, socket.socket):
-                obj.close()
-            elif hasattr(obj, "abort"):
-                # Not after a completed flush-on-close: asyncio's abort() would then fail.
-                if not obj.is_closing() or obj.get_write_buffer_size():
-                    obj.abort()
-            elif hasattr(obj, "close"):
-                obj.close()
-        if not self.loop.is_closed() and not self.loop.is_running():
-            self.loop.run_until_complete(_settle())
-
-
-async def _settle(rounds: int = 5) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-@pytest.fixture
-def closer(loop) -> Iterator[Closer]:
-    c = Closer(loop)
-    yield c
-    c.close_all()
-
-
 @pytest.fixture
 def sock_path() -> Iterator[str]:
-    # AF_UNIX paths are limited to ~108 bytes: keep them short.
-    d = tempfile.mkdtemp(prefix="fl")
-    yield os.path.join(d, "s")
-    shutil.rmtree(d, ignore_errors=True)
+    with short_tmpdir() as d:
+        yield os.path.join(d, "s")
 
 
 def _abstract_name() -> str:
     return f"\0ferroloop-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-
-
-class Recorder(asyncio.Protocol):
-    def __init__(self, loop) -> None:
-        self.loop = loop
-        self.transport = None
-        self.events: list[str] = []
-        self.data = bytearray()
-        self.made = loop.create_future()
-        self.eof = loop.create_future()
-        self.lost = loop.create_future()
-        self._waiters: list[asyncio.Future] = []
-
-    def _wake(self) -> None:
-        for w in self._waiters:
-            if not w.done():
-                w.set_result(None)
-        self._waiters.clear()
-
-    async def wait_for_bytes(self, n: int) -> bytes:
-        while len(self.data) < n and not self.lost.done():
-            w = self.loop.create_future()
-            self._waiters.append(w)
-            await w
-        assert len(self.data) >= n, (len(self.data), n, self.events)
-        return bytes(self.data)
-
-    def connection_made(self, transport) -> None:
-        self.events.append("made")
-        self.transport = transport
-        self.made.set_result(transport)
-
-    def data_received(self, data) -> None:
-        self.events.append("data")
-        self.data += data
-        self._wake()
-
-    def eof_received(self):
-        self.events.append("eof")
-        self.eof.set_result(None)
-        self._wake()
-
-    def connection_lost(self, exc) -> None:
-        self.events.append("lost")
-        if not self.lost.done():
-            self.lost.set_result(exc)
-        self._wake()
-
-
-class ServerSide:
-    def __init__(self, loop) -> None:
-        self.loop = loop
-        self.protocols: list[Recorder] = []
-        self._new = asyncio.Queue()
-
-    def __call__(self) -> Recorder:
-        proto = Recorder(self.loop)
-        self.protocols.append(proto)
-        self._new.put_nowait(proto)
-        return proto
-
-    async def next_connection(self) -> Recorder:
-        proto = await self._new.get()
-        await proto.made
-        return proto
 
 
 async def _exchange(client: Recorder, server: Recorder) -> None:
@@ -403,20 +278,30 @@ def _unix_sock(closer: Closer) -> socket.socket:
     return closer(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
 
 
+# Rejected alike by create_unix_connection and create_unix_server.
+PATH_AND_SOCK = (
+    "path-and-sock",
+    lambda c, p: {"path": p, "sock": _unix_sock(c)},
+    ValueError,
+    "path and sock can not be specified at the same time",
+)
+TCP_SOCK = (
+    "tcp-sock",
+    lambda c, p: {"sock": c(socket.socket())},
+    ValueError,
+    "A UNIX Domain Stream Socket was expected, got",
+)
+HANDSHAKE_TIMEOUT_WITHOUT_SSL = (
+    "handshake-timeout-without-ssl",
+    lambda c, p: {"path": p, "ssl_handshake_timeout": 1.0},
+    ValueError,
+    "ssl_handshake_timeout is only meaningful with ssl",
+)
+
 UNIX_CONNECTION_BAD_ARGS = [
-    (
-        "path-and-sock",
-        lambda c, p: {"path": p, "sock": _unix_sock(c)},
-        ValueError,
-        "path and sock can not be specified at the same time",
-    ),
+    PATH_AND_SOCK,
     ("nothing", lambda c, p: {}, ValueError, "no path and sock were specified"),
-    (
-        "tcp-sock",
-        lambda c, p: {"sock": c(socket.socket())},
-        ValueError,
-        "A UNIX Domain Stream Socket was expected, got",
-    ),
+    TCP_SOCK,
     (
         "datagram-sock",
         lambda c, p: {"sock": c(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))},
@@ -429,20 +314,11 @@ UNIX_CONNECTION_BAD_ARGS = [
         ValueError,
         "server_hostname is only meaningful with ssl",
     ),
-    (
-        "handshake-timeout-without-ssl",
-        lambda c, p: {"path": p, "ssl_handshake_timeout": 1.0},
-        ValueError,
-        "ssl_handshake_timeout is only meaningful with ssl",
-    ),
+    HANDSHAKE_TIMEOUT_WITHOUT_SSL,
 ]
 
 
-@pytest.mark.parametrize(
-    "make_kwargs,exc_type,message",
-    [case[1:] for case in UNIX_CONNECTION_BAD_ARGS],
-    ids=[case[0] for case in UNIX_CONNECTION_BAD_ARGS],
-)
+@pytest.mark.parametrize("make_kwargs,exc_type,message", named_cases(UNIX_CONNECTION_BAD_ARGS))
 def test_unix_connection_invalid_arguments(loop, closer, sock_path, make_kwargs, exc_type, message):
     kwargs = make_kwargs(closer, sock_path)
     with pytest.raises(exc_type, match=message):
@@ -450,39 +326,20 @@ def test_unix_connection_invalid_arguments(loop, closer, sock_path, make_kwargs,
 
 
 UNIX_SERVER_BAD_ARGS = [
-    (
-        "path-and-sock",
-        lambda c, p: {"path": p, "sock": _unix_sock(c)},
-        ValueError,
-        "path and sock can not be specified at the same time",
-    ),
+    PATH_AND_SOCK,
     ("nothing", lambda c, p: {}, ValueError, "path was not specified, and no sock specified"),
-    (
-        "tcp-sock",
-        lambda c, p: {"sock": c(socket.socket())},
-        ValueError,
-        "A UNIX Domain Stream Socket was expected, got",
-    ),
+    TCP_SOCK,
     (
         "ssl-true",
         lambda c, p: {"path": p, "ssl": True},
         TypeError,
         "ssl argument must be an SSLContext or None",
     ),
-    (
-        "handshake-timeout-without-ssl",
-        lambda c, p: {"path": p, "ssl_handshake_timeout": 1.0},
-        ValueError,
-        "ssl_handshake_timeout is only meaningful with ssl",
-    ),
+    HANDSHAKE_TIMEOUT_WITHOUT_SSL,
 ]
 
 
-@pytest.mark.parametrize(
-    "make_kwargs,exc_type,message",
-    [case[1:] for case in UNIX_SERVER_BAD_ARGS],
-    ids=[case[0] for case in UNIX_SERVER_BAD_ARGS],
-)
+@pytest.mark.parametrize("make_kwargs,exc_type,message", named_cases(UNIX_SERVER_BAD_ARGS))
 def test_unix_server_invalid_arguments(loop, closer, sock_path, make_kwargs, exc_type, message):
     kwargs = make_kwargs(closer, sock_path)
     with pytest.raises(exc_type, match=message):
