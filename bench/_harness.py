@@ -394,6 +394,7 @@ def machine_info(loops: list[str], script: str) -> dict[str, Any]:
 class Cell:
     values: list[float] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
+    extras: list[dict[str, Any]] = field(default_factory=list)  # Result.extra per value
     failures: list[str] = field(default_factory=list)
     status: str = "ok"
 
@@ -591,6 +592,7 @@ def main(
     description: str = "ferroloop benchmarks",
     epilogue: Epilogue | None = None,
     default_rounds: tuple[int, int] = (ROUNDS_FULL, ROUNDS_QUICK),
+    meta_extra: dict[str, Any] | None = None,
 ) -> int:
     args = build_parser(description, default_rounds).parse_args(argv)
     main_mod = sys.modules["__main__"]
@@ -656,6 +658,7 @@ def main(
             "loops": loops,
             "loop_types": loop_types,
             "baseline": baseline,
+            **(meta_extra or {}),
         }
     )
     mtimes_start = {name: _package_mtime(LOOPS[name][0]) for name in loops if name != "asyncio"}
@@ -688,6 +691,7 @@ def main(
                 if res["status"] == "ok":
                     c.values.append(float(res["ops"]))
                     c.details.append(res.get("detail", ""))
+                    c.extras.append(res.get("extra") or {})
                 else:
                     c.failures.append(f"{res['status']}: {res.get('error', '')}")
     elapsed = time.perf_counter() - t_start

@@ -18,3 +18,6 @@ done
 echo
 echo "== benchmark (quick): asyncio vs uvloop vs rloop vs ferroloop, rounds interleaved"
 python bench/bench_core.py --quick --loops asyncio,uvloop,rloop,ferroloop
+echo
+echo "== network benchmark (quick): echo and HTTP servers under the native load generator"
+python bench/bench_net.py --quick --loops asyncio,uvloop,rloop,ferroloop
