@@ -44,6 +44,7 @@ use crate::handles::{
 use crate::pyhelpers;
 use crate::reactor::{event_is_readable, event_is_writable, Io, Reactor, READABLE};
 use crate::scheduler::{Ready, ReadyQueue, TimerHeap};
+use crate::sockops::{self, SockOp, SockWaiter};
 use crate::transports::datagram::{self, DatagramTransport};
 use crate::transports::stream::{self, StreamTransport};
 use crate::waker::Waker;
@@ -256,7 +257,7 @@ impl LoopCore {
         let mut garbage: Vec<Py<Handle>> = Vec::new();
 
         // 1-2: purge cancelled timers, compute the poll timeout.
-        let (epfd, timeout_ms, watching) = this.state.with(py, |s| {
+        let (epfd, timeout_ms, watching, lingered) = this.state.with(py, |s| {
             let mut cancelled = this.cancelled_timers.load(Ordering::Relaxed);
             s.timers.purge_cancelled(py, &mut cancelled, &mut garbage);
             this.cancelled_timers.store(cancelled, Ordering::Relaxed);
@@ -269,9 +270,21 @@ impl LoopCore {
                 -1
             };
             s.polling = timeout_ms != 0;
-            (s.reactor.epfd(), timeout_ms, !s.reactor.fds.is_empty())
+            // About to block: registrations kept for sock_* reuse must not wake us up.
+            let lingered = if timeout_ms != 0 && s.reactor.has_lingering() {
+                s.reactor.drop_lingering()
+            } else {
+                Vec::new()
+            };
+            (
+                s.reactor.epfd(),
+                timeout_ms,
+                !s.reactor.fds.is_empty(),
+                lingered,
+            )
         })?;
         drop(garbage);
+        drop(lingered);
 
         let n = if timeout_ms == 0 {
             if watching {
@@ -328,6 +341,7 @@ impl LoopCore {
                             s.ready.push_back(Ready::DatagramWrite(t))
                         }
                         Some(Io::Datagram(t)) => s.ready.push_back(Ready::DatagramRead(t)),
+                        Some(Io::Sock(w)) => s.ready.push_back(Ready::Sock(w)),
                     }
                 }
             }
@@ -362,6 +376,7 @@ impl LoopCore {
                 Ready::Write(t) => stream::on_writable(t.bind(py)),
                 Ready::DatagramRead(t) => datagram::on_readable(t.bind(py), &mut read_buf),
                 Ready::DatagramWrite(t) => datagram::on_writable(t.bind(py)),
+                Ready::Sock(w) => sockops::on_ready(w.bind(py)),
             };
             if let Err(e) = r {
                 result = Err(e);
@@ -378,6 +393,7 @@ impl LoopCore {
                 Ready::Call(h) => drop(h.into_bound(py)),
                 Ready::Read(t) | Ready::Write(t) => drop(t.into_bound(py)),
                 Ready::DatagramRead(t) | Ready::DatagramWrite(t) => drop(t.into_bound(py)),
+                Ready::Sock(w) => drop(w.into_bound(py)),
             }
         }
         this.state.with(py, |s| {
@@ -484,6 +500,74 @@ impl LoopCore {
     ) -> PyResult<()> {
         let io = on.then(|| Io::Datagram(transport.clone_ref(py)));
         self.watch_native(py, fd, io, write)
+    }
+
+    /// A `sock_*` operation that would block: a future settled by a [`SockWaiter`] registered
+    /// for `fd` (see `sockops.rs`).
+    fn sock_wait<'py>(
+        slf: &Bound<'py, LoopCore>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+        write: bool,
+        op: SockOp,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let fut = Self::create_future(slf)?;
+        let waiter = Py::new(
+            py,
+            SockWaiter::new(
+                fd,
+                write,
+                sock.clone().unbind(),
+                fut.clone().unbind(),
+                op,
+                slf.clone().unbind(),
+            ),
+        )?;
+        let io = Io::Sock(waiter.clone_ref(py));
+        let res = slf.get().state.with(py, |s| match s.check_closed() {
+            Err(e) => Err((e, Some(io))),
+            Ok(()) => s
+                .reactor
+                .set_sock(fd, io, write, sock)
+                .map_err(|(e, rejected)| (os_error(e), rejected)),
+        })?;
+        match res {
+            Ok((old, lingered)) => {
+                drop(lingered);
+                if let Some(Io::Handle(h)) = old {
+                    cancel_handle(py, h.bind(py))?;
+                }
+            }
+            Err((e, rejected)) => {
+                drop(rejected);
+                return Err(e);
+            }
+        }
+        fut.call_method1(intern!(py, "add_done_callback"), (waiter,))?;
+        Ok(fut)
+    }
+
+    /// A finished or cancelled [`SockWaiter`] leaves `fd` (if it is still the registered one).
+    pub(crate) fn release_sock(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        write: bool,
+        sock: PyObject,
+        waiter: &Bound<'_, SockWaiter>,
+    ) -> PyResult<()> {
+        let released = self.state.with(py, |s| {
+            let entry = s.reactor.fds.get(&fd)?;
+            let current = if write { &entry.writer } else { &entry.reader };
+            match current {
+                Some(Io::Sock(w)) if w.as_ptr() == waiter.as_ptr() => {}
+                _ => return None,
+            }
+            s.reactor.release_sock(fd, write, sock)
+        })?;
+        drop(released);
+        Ok(())
     }
 
     /// Installs `io` as the reader (or writer) of `fd`, or removes the current one (`None`).
@@ -717,6 +801,40 @@ impl LoopCore {
         }
         let when: f64 = when.extract()?;
         Self::schedule_timer(slf, when, callback, args, context)
+    }
+
+    /// `sock.recv(n)` once the socket is readable (the Python side tried it first).
+    fn _sock_recv_wait<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+        n: isize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::sock_wait(slf, sock, fd, false, SockOp::Recv(n))
+    }
+
+    /// `sock.recv_into(buf, nbytes)` once the socket is readable.
+    fn _sock_recv_into_wait<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+        buf: &Bound<'py, PyAny>,
+        nbytes: isize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let op = SockOp::RecvInto(buf.clone().unbind(), nbytes);
+        Self::sock_wait(slf, sock, fd, false, op)
+    }
+
+    /// Sends `view[offset:]` as the socket becomes writable; the future resolves to None.
+    fn _sock_sendall_wait<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+        view: &Bound<'py, PyAny>,
+        offset: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let op = SockOp::SendAll(view.clone().unbind(), offset);
+        Self::sock_wait(slf, sock, fd, true, op)
     }
 
     /// `asyncio.Future(loop=self)`.

@@ -8,6 +8,7 @@
 //! - [`scheduler`]: the ready queue and the timer heap;
 //! - [`gilcell`]: GIL-guarded interior mutability for the native state;
 //! - [`handles`]: `Handle`/`TimerHandle`, and how a callback runs in its context;
+//! - [`sockops`]: the waiting half of `sock_recv`/`sock_recv_into`/`sock_sendall`;
 //! - [`transports`]: native transports (stream and datagram sockets), driven by the reactor
 //!   directly;
 //! - [`fastcall`]: hand-written fastcall entry points for the hottest loop methods;
@@ -25,6 +26,7 @@ mod handles;
 mod pyhelpers;
 mod reactor;
 mod scheduler;
+mod sockops;
 mod transports;
 mod waker;
 
@@ -35,6 +37,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_class::<sockops::SockWaiter>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
     Ok(())
 }

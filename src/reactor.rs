@@ -6,6 +6,15 @@
 //! truth for the interest mask of every fd; `epoll_ctl` is only called when the mask changes.
 //! An fd closed behind our back disappears from epoll by itself, so `MOD` falling back to `ADD`
 //! (and `ADD` to `MOD`) keeps the kernel's view and ours consistent.
+//!
+//! Lingering registrations: when the last `sock_*` waiter of a socket leaves (its operation
+//! completed), the kernel registration is kept and the socket object remembered. The next
+//! `sock_*` wait on the same, still open socket object reuses it without any `epoll_ctl`; the
+//! registrations still unused when the loop is about to block are removed then. A request-reply
+//! loop over `sock_recv`/`sock_sendall` therefore costs no `epoll_ctl` per message. Only
+//! socket operations linger: for them the socket object proves that the fd still names the
+//! same open file (an fd closed and reused by another file would otherwise keep a stale
+//! registration).
 
 use std::collections::HashMap;
 use std::io;
@@ -14,6 +23,7 @@ use std::os::fd::RawFd;
 use pyo3::prelude::*;
 
 use crate::handles::Handle;
+use crate::sockops::SockWaiter;
 use crate::transports::datagram::DatagramTransport;
 use crate::transports::stream::StreamTransport;
 
@@ -38,6 +48,7 @@ pub enum Io {
     Handle(Py<Handle>),
     Stream(Py<StreamTransport>),
     Datagram(Py<DatagramTransport>),
+    Sock(Py<SockWaiter>),
 }
 
 impl Io {
@@ -46,6 +57,7 @@ impl Io {
             Io::Handle(h) => Io::Handle(h.clone_ref(py)),
             Io::Stream(t) => Io::Stream(t.clone_ref(py)),
             Io::Datagram(t) => Io::Datagram(t.clone_ref(py)),
+            Io::Sock(w) => Io::Sock(w.clone_ref(py)),
         }
     }
 }
@@ -57,6 +69,8 @@ pub struct FdEntry {
     pub writer: Option<Io>,
     /// The mask currently registered with the kernel (0 = not registered).
     registered: u32,
+    /// The socket object whose registration lingers (see the module docs).
+    linger: Option<PyObject>,
 }
 
 impl FdEntry {
@@ -76,6 +90,8 @@ impl FdEntry {
 pub struct Reactor {
     epfd: RawFd,
     pub fds: HashMap<RawFd, FdEntry>,
+    /// fds whose registration lingers, to remove before the loop blocks.
+    lingering: Vec<RawFd>,
 }
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -93,6 +109,7 @@ impl Reactor {
         Ok(Reactor {
             epfd,
             fds: HashMap::new(),
+            lingering: Vec::new(),
         })
     }
 
@@ -114,8 +131,41 @@ impl Reactor {
         handle: Io,
         write: bool,
     ) -> Result<Option<Io>, (io::Error, Option<Io>)> {
+        self.set_checked(fd, handle, write, None)
+            .map(|(old, _)| old)
+    }
+
+    /// `set` for a `sock_*` waiter on `sock` (whose `fileno()` is `fd` right now): a lingering
+    /// registration of that same socket object is reused as it is. Also returns the socket
+    /// object that lingered, for the caller to drop outside the loop's state.
+    #[allow(clippy::type_complexity)]
+    pub fn set_sock(
+        &mut self,
+        fd: RawFd,
+        waiter: Io,
+        write: bool,
+        sock: &Bound<'_, PyAny>,
+    ) -> Result<(Option<Io>, Option<PyObject>), (io::Error, Option<Io>)> {
+        self.set_checked(fd, waiter, write, Some(sock.as_ptr() as usize))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn set_checked(
+        &mut self,
+        fd: RawFd,
+        handle: Io,
+        write: bool,
+        sock: Option<usize>,
+    ) -> Result<(Option<Io>, Option<PyObject>), (io::Error, Option<Io>)> {
         let epfd = self.epfd;
         let entry = self.fds.entry(fd).or_default();
+        let lingered = entry.linger.take();
+        if let Some(l) = &lingered {
+            // Only the same socket object proves the kernel still has this file registered.
+            if sock != Some(l.as_ptr() as usize) {
+                entry.registered = 0;
+            }
+        }
         let slot = if write {
             &mut entry.writer
         } else {
@@ -126,9 +176,10 @@ impl Reactor {
         match sync(epfd, fd, entry.registered, wanted) {
             Ok(()) => {
                 entry.registered = wanted;
-                Ok(old)
+                Ok((old, lingered))
             }
             Err(e) => {
+                entry.linger = lingered;
                 let slot = if write {
                     &mut entry.writer
                 } else {
@@ -141,6 +192,55 @@ impl Reactor {
                 Err((e, rejected))
             }
         }
+    }
+
+    /// Removes a `sock_*` waiter of `fd`; when no waiter is left, the registration lingers
+    /// (module docs) instead of being removed now. `sock` is the waiter's socket object.
+    pub fn release_sock(&mut self, fd: RawFd, write: bool, sock: PyObject) -> Option<Io> {
+        let entry = self.fds.get_mut(&fd)?;
+        let slot = if write {
+            &mut entry.writer
+        } else {
+            &mut entry.reader
+        };
+        let old = slot.take();
+        if entry.wanted() == 0 && entry.registered != 0 && entry.linger.is_none() {
+            entry.linger = Some(sock);
+            self.lingering.push(fd);
+        } else {
+            let wanted = entry.wanted();
+            let _ = sync(self.epfd, fd, entry.registered, wanted);
+            entry.registered = wanted;
+            if wanted == 0 {
+                self.fds.remove(&fd);
+            }
+        }
+        old
+    }
+
+    /// Removes the lingering registrations nobody reused (before the loop blocks). Returns
+    /// the socket objects they kept, for the caller to drop outside the loop's state.
+    pub fn drop_lingering(&mut self) -> Vec<PyObject> {
+        let mut out = Vec::new();
+        for fd in std::mem::take(&mut self.lingering) {
+            let Some(entry) = self.fds.get_mut(&fd) else {
+                continue;
+            };
+            let Some(sock) = entry.linger.take() else {
+                continue;
+            };
+            out.push(sock);
+            if entry.wanted() == 0 {
+                // A failure means the fd was closed: it is gone from epoll either way.
+                let _ = sync(self.epfd, fd, entry.registered, 0);
+                self.fds.remove(&fd);
+            }
+        }
+        out
+    }
+
+    pub fn has_lingering(&self) -> bool {
+        !self.lingering.is_empty()
     }
 
     /// Removes the reader (or writer) of `fd`, returning it if there was one.
@@ -188,11 +288,14 @@ impl Reactor {
 
     /// Drops every registration and closes the epoll fd. Returns the handles for the caller to
     /// cancel and drop outside of any borrow.
-    pub fn close(&mut self) -> Vec<Io> {
+    pub fn close(&mut self) -> (Vec<Io>, Vec<PyObject>) {
         let mut out = Vec::new();
+        let mut socks = Vec::new();
+        self.lingering.clear();
         for (_, e) in self.fds.drain() {
             out.extend(e.reader);
             out.extend(e.writer);
+            socks.extend(e.linger);
         }
         if self.epfd >= 0 {
             // SAFETY: we own the epoll fd and forget it right after.
@@ -201,7 +304,7 @@ impl Reactor {
             }
             self.epfd = -1;
         }
-        out
+        (out, socks)
     }
 
     pub fn is_closed(&self) -> bool {

@@ -12,6 +12,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use pyo3::prelude::*;
 
 use crate::handles::Handle;
+use crate::sockops::SockWaiter;
 use crate::transports::datagram::DatagramTransport;
 use crate::transports::stream::StreamTransport;
 
@@ -140,6 +141,8 @@ pub enum Ready {
     Write(Py<StreamTransport>),
     DatagramRead(Py<DatagramTransport>),
     DatagramWrite(Py<DatagramTransport>),
+    /// A `sock_*` operation waiting for its socket.
+    Sock(Py<SockWaiter>),
 }
 
 /// FIFO of work ready to run.

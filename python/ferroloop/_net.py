@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ipaddress
+import socket
 import threading
 from asyncio import base_events, futures, selector_events, unix_events
 from typing import Any
@@ -58,16 +59,10 @@ BORROWED: dict[type, tuple[str, ...]] = {
         "_accept_connection2",
         "_start_serving",
         "_stop_serving",
-        "sock_recv",
-        "_sock_recv",
-        "sock_recv_into",
-        "_sock_recv_into",
         "sock_recvfrom",
         "_sock_recvfrom",
         "sock_recvfrom_into",
         "_sock_recvfrom_into",
-        "sock_sendall",
-        "_sock_sendall",
         "sock_sendto",
         "_sock_sendto",
         "sock_connect",
@@ -149,6 +144,50 @@ class NetworkingMixin:
     """Mixed into ``ferroloop.Loop``: the borrowed setup paths and ferroloop's resolver."""
 
     _borrow(locals())
+
+    # sock_recv, sock_recv_into and sock_sendall: asyncio's checks and first attempt, then
+    # the loop's native waiter (no callback handle, no epoll_ctl per message; sockops.rs).
+
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
+        loop: Any = self
+        base_events._check_ssl_socket(sock)
+        if loop._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        try:
+            return sock.recv(n)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        loop._ensure_fd_no_transport(fd)
+        return await loop._sock_recv_wait(sock, fd, n)
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        loop: Any = self
+        base_events._check_ssl_socket(sock)
+        if loop._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        try:
+            return sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        loop._ensure_fd_no_transport(fd)
+        return await loop._sock_recv_into_wait(sock, fd, buf, 0)
+
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+        loop: Any = self
+        base_events._check_ssl_socket(sock)
+        if loop._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        try:
+            n = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        if n == len(data):
+            return
+        fd = sock.fileno()
+        loop._ensure_fd_no_transport(fd)
+        await loop._sock_sendall_wait(sock, fd, memoryview(data), n)
 
     async def getaddrinfo(
         self,

@@ -1,0 +1,196 @@
+//! The waiting half of `sock_recv`, `sock_recv_into` and `sock_sendall`.
+//!
+//! The Python side tries the operation at once (asyncio's order and checks); only when the
+//! socket would block does it ask the loop for a future. The loop then registers a
+//! `SockWaiter` for the fd: no callback handle, no context copy, no `functools.partial`. On
+//! readiness the waiter retries the operation through the socket object's own method (so
+//! results and exceptions are exactly the socket module's) and settles the future. When the
+//! future is cancelled first, its done-callback (the waiter itself) unregisters.
+//!
+//! The reactor keeps a completed waiter's kernel registration lingering for the next wait on
+//! the same socket (see `reactor.rs`), so a request-reply loop costs no `epoll_ctl` per
+//! message.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PySystemExit};
+use pyo3::intern;
+use pyo3::prelude::*;
+
+use crate::event_loop::LoopCore;
+use crate::gilcell::GilCell;
+
+/// What the waiter retries on readiness.
+pub(crate) enum SockOp {
+    /// `sock.recv(n)`
+    Recv(isize),
+    /// `sock.recv_into(buf, nbytes)`
+    RecvInto(PyObject, isize),
+    /// `sock.send(view[offset:])` until the whole view is sent.
+    SendAll(PyObject, usize),
+}
+
+struct WaiterState {
+    fd: RawFd,
+    write: bool,
+    sock: Option<PyObject>,
+    fut: Option<PyObject>,
+    op: Option<SockOp>,
+    lp: Option<Py<LoopCore>>,
+    /// Still the fd's registered waiter.
+    registered: bool,
+}
+
+/// One pending socket operation, registered in the reactor; also the future's done-callback.
+#[pyclass(frozen, module = "ferroloop._ferroloop", name = "SockWaiter")]
+pub struct SockWaiter {
+    state: GilCell<WaiterState>,
+}
+
+impl SockWaiter {
+    pub(crate) fn new(
+        fd: RawFd,
+        write: bool,
+        sock: PyObject,
+        fut: PyObject,
+        op: SockOp,
+        lp: Py<LoopCore>,
+    ) -> Self {
+        SockWaiter {
+            state: GilCell::new(WaiterState {
+                fd,
+                write,
+                sock: Some(sock),
+                fut: Some(fut),
+                op: Some(op),
+                lp: Some(lp),
+                registered: true,
+            }),
+        }
+    }
+
+    /// Leaves the reactor (the registration may linger for the next wait on this socket) and
+    /// forgets everything but nothing else.
+    fn release(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let taken = slf.get().state.with(py, |s| {
+            if !s.registered {
+                return None;
+            }
+            s.registered = false;
+            let sock = s.sock.as_ref().map(|o| o.clone_ref(py));
+            Some((s.fd, s.write, sock, s.lp.take()))
+        })?;
+        if let Some((fd, write, Some(sock), Some(lp))) = taken {
+            lp.get().release_sock(py, fd, write, sock, slf)?;
+        }
+        Ok(())
+    }
+
+    /// Settles the future (unless someone else did) after leaving the reactor.
+    fn finish(slf: &Bound<'_, Self>, result: PyResult<PyObject>) -> PyResult<()> {
+        let py = slf.py();
+        Self::release(slf)?;
+        let (fut, op, sock) = slf
+            .get()
+            .state
+            .with(py, |s| (s.fut.take(), s.op.take(), s.sock.take()))?;
+        drop((op, sock));
+        let Some(fut) = fut else { return Ok(()) };
+        let fut = fut.bind(py);
+        // This waiter is the future's done-callback for cancellation; not needed any more.
+        fut.call_method1(intern!(py, "remove_done_callback"), (slf,))?;
+        if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
+        }
+        match result {
+            Ok(v) => fut.call_method1(intern!(py, "set_result"), (v,))?,
+            Err(e) => fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?,
+        };
+        Ok(())
+    }
+}
+
+/// The fd is ready: retry the operation.
+pub(crate) fn on_ready(slf: &Bound<'_, SockWaiter>) -> PyResult<()> {
+    let py = slf.py();
+    let snapshot = slf.get().state.with(py, |s| {
+        if !s.registered {
+            return None;
+        }
+        let op = match s.op.as_ref()? {
+            SockOp::Recv(n) => SockOp::Recv(*n),
+            SockOp::RecvInto(b, n) => SockOp::RecvInto(b.clone_ref(py), *n),
+            SockOp::SendAll(v, off) => SockOp::SendAll(v.clone_ref(py), *off),
+        };
+        Some((
+            s.sock.as_ref()?.clone_ref(py),
+            s.fut.as_ref()?.clone_ref(py),
+            op,
+        ))
+    })?;
+    let Some((sock, fut, op)) = snapshot else {
+        return Ok(());
+    };
+    let (sock, fut) = (sock.into_bound(py), fut.into_bound(py));
+    if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+        return SockWaiter::finish(slf, Ok(py.None()));
+    }
+    let attempt = match &op {
+        SockOp::Recv(n) => sock.call_method1(intern!(py, "recv"), (*n,)),
+        SockOp::RecvInto(buf, n) => sock.call_method1(intern!(py, "recv_into"), (buf, *n)),
+        SockOp::SendAll(view, off) => {
+            let rest = view.bind(py).get_item(pyo3::types::PySlice::new(
+                py,
+                *off as isize,
+                isize::MAX,
+                1,
+            ))?;
+            sock.call_method1(intern!(py, "send"), (rest,))
+        }
+    };
+    match attempt {
+        Err(e)
+            if e.is_instance_of::<PyBlockingIOError>(py)
+                || e.is_instance_of::<PyInterruptedError>(py) =>
+        {
+            Ok(()) // not ready after all: wait for the next event
+        }
+        Err(e)
+            if e.is_instance_of::<PyKeyboardInterrupt>(py)
+                || e.is_instance_of::<PySystemExit>(py) =>
+        {
+            Err(e)
+        }
+        Err(e) => SockWaiter::finish(slf, Err(e)),
+        Ok(v) => match op {
+            SockOp::SendAll(view, off) => {
+                let sent: usize = v.extract()?;
+                let total = view.bind(py).len()?;
+                if off + sent >= total {
+                    SockWaiter::finish(slf, Ok(py.None()))
+                } else {
+                    slf.get().state.with(py, |s| {
+                        s.op = Some(SockOp::SendAll(view, off + sent));
+                    })
+                }
+            }
+            _ => SockWaiter::finish(slf, Ok(v.unbind())),
+        },
+    }
+}
+
+#[pymethods]
+impl SockWaiter {
+    /// Done-callback of the future: a cancelled (or externally settled) operation leaves the
+    /// reactor right away.
+    fn __call__(slf: &Bound<'_, Self>, _fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::release(slf)?;
+        let dropped = slf
+            .get()
+            .state
+            .with(slf.py(), |s| (s.fut.take(), s.op.take(), s.sock.take()))?;
+        drop(dropped);
+        Ok(())
+    }
+}
