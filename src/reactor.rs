@@ -71,6 +71,8 @@ pub struct FdEntry {
     registered: u32,
     /// The socket object whose registration lingers (see the module docs).
     linger: Option<PyObject>,
+    /// Listed in `Reactor::lingering` (each fd at most once, however often it lingers).
+    listed: bool,
 }
 
 impl FdEntry {
@@ -206,7 +208,10 @@ impl Reactor {
         let old = slot.take();
         if entry.wanted() == 0 && entry.registered != 0 && entry.linger.is_none() {
             entry.linger = Some(sock);
-            self.lingering.push(fd);
+            if !entry.listed {
+                entry.listed = true;
+                self.lingering.push(fd);
+            }
         } else {
             let wanted = entry.wanted();
             let _ = sync(self.epfd, fd, entry.registered, wanted);
@@ -226,6 +231,7 @@ impl Reactor {
             let Some(entry) = self.fds.get_mut(&fd) else {
                 continue;
             };
+            entry.listed = false;
             let Some(sock) = entry.linger.take() else {
                 continue;
             };
