@@ -211,6 +211,14 @@ impl Reactor {
             if !entry.listed {
                 entry.listed = true;
                 self.lingering.push(fd);
+                if self.lingering.len() > 4 * self.fds.len() + 1024 {
+                    // Entries removed and re-created while the loop never blocked can list an
+                    // fd twice: keep the list proportional to the registry.
+                    self.lingering.sort_unstable();
+                    self.lingering.dedup();
+                    let fds = &self.fds;
+                    self.lingering.retain(|fd| fds.contains_key(fd));
+                }
             }
         } else {
             let wanted = entry.wanted();
