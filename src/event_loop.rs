@@ -803,6 +803,12 @@ impl LoopCore {
         Self::schedule_timer(slf, when, callback, args, context)
     }
 
+    /// `sock.recv(n)` now, on the raw fd: the data, or None when the socket would block
+    /// (no exception raised and caught for the common "not yet" case).
+    fn _sock_recv_try(&self, py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<PyObject>> {
+        sockops::try_recv(py, fd, n)
+    }
+
     /// `sock.recv(n)` once the socket is readable (the Python side tried it first).
     fn _sock_recv_wait<'py>(
         slf: &Bound<'py, Self>,

@@ -11,14 +11,67 @@
 //! the same socket (see `reactor.rs`), so a request-reply loop costs no `epoll_ctl` per
 //! message.
 
+use std::cell::RefCell;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PySystemExit};
+use pyo3::exceptions::{
+    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PySystemExit, PyValueError,
+};
 use pyo3::intern;
 use pyo3::prelude::*;
 
+use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::gilcell::GilCell;
+use crate::transports::retry_eintr;
+
+thread_local! {
+    /// Receive buffer for `try_recv` (grown to the largest `n` asked for, then reused).
+    static RECV_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `sock.recv(n)` on the raw fd, without raising when it would block: `Ok(None)` then.
+/// Errors are the socket module's (`OSError` subclass by errno, `ValueError` for n < 0).
+pub(crate) fn try_recv(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<PyObject>> {
+    if n < 0 {
+        return Err(PyValueError::new_err("negative buffersize in recv"));
+    }
+    let n = n as usize;
+    RECV_BUF.with(|cell| {
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            // Re-entered on this thread (cannot happen: no Python runs below): use a fresh one.
+            let mut fresh = vec![0u8; n];
+            return recv_into_vec(py, fd, &mut fresh, n);
+        };
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        recv_into_vec(py, fd, &mut buf, n)
+    })
+}
+
+fn recv_into_vec(
+    py: Python<'_>,
+    fd: RawFd,
+    buf: &mut [u8],
+    n: usize,
+) -> PyResult<Option<PyObject>> {
+    let ptr = buf.as_mut_ptr() as *mut libc::c_void;
+    // SAFETY: `buf` has at least `n` writable bytes for the duration of the call.
+    let got = retry_eintr(|| unsafe { libc::recv(fd, ptr, n, 0) });
+    if got < 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(code) if code == libc::EAGAIN || code == libc::EWOULDBLOCK => Ok(None),
+            _ => Err(os_error(err)),
+        };
+    }
+    Ok(Some(
+        pyo3::types::PyBytes::new(py, &buf[..got as usize])
+            .into_any()
+            .unbind(),
+    ))
+}
 
 /// What the waiter retries on readiness.
 pub(crate) enum SockOp {
@@ -137,7 +190,14 @@ pub(crate) fn on_ready(slf: &Bound<'_, SockWaiter>) -> PyResult<()> {
         return SockWaiter::finish(slf, Ok(py.None()));
     }
     let attempt = match &op {
-        SockOp::Recv(n) => sock.call_method1(intern!(py, "recv"), (*n,)),
+        SockOp::Recv(n) => {
+            let fd = slf.get().state.with(py, |s| s.fd)?;
+            match try_recv(py, fd, *n) {
+                Ok(Some(data)) => Ok(data.into_bound(py)),
+                Ok(None) => return Ok(()), // not ready after all
+                Err(e) => Err(e),
+            }
+        }
         SockOp::RecvInto(buf, n) => sock.call_method1(intern!(py, "recv_into"), (buf, *n)),
         SockOp::SendAll(view, off) => {
             let rest = view.bind(py).get_item(pyo3::types::PySlice::new(

@@ -153,11 +153,10 @@ class NetworkingMixin:
         base_events._check_ssl_socket(sock)
         if loop._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
-        try:
-            return sock.recv(n)
-        except (BlockingIOError, InterruptedError):
-            pass
         fd = sock.fileno()
+        data = loop._sock_recv_try(fd, n)
+        if data is not None:
+            return data
         loop._ensure_fd_no_transport(fd)
         return await loop._sock_recv_wait(sock, fd, n)
 
