@@ -809,6 +809,12 @@ impl LoopCore {
         sockops::try_recv(py, fd, n)
     }
 
+    /// `sock.send(data)` now, on the raw fd: bytes sent (0 when it would block).
+    fn _sock_send_try(&self, fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let view = crate::transports::stream::ByteView::new(data, false)?;
+        sockops::try_send(fd, view.as_slice())
+    }
+
     /// `sock.recv(n)` once the socket is readable (the Python side tried it first).
     fn _sock_recv_wait<'py>(
         slf: &Bound<'py, Self>,

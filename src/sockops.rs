@@ -24,6 +24,7 @@ use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::gilcell::GilCell;
 use crate::transports::retry_eintr;
+use crate::transports::stream::ByteView;
 
 thread_local! {
     /// Receive buffer for `try_recv` (grown to the largest `n` asked for, then reused).
@@ -48,6 +49,26 @@ pub(crate) fn try_recv(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<P
         }
         recv_into_vec(py, fd, &mut buf, n)
     })
+}
+
+/// `sock.send(data)` on the raw fd: bytes sent, 0 when the socket would block; other errors
+/// as the socket module raises them.
+pub(crate) fn try_send(fd: RawFd, data: &[u8]) -> PyResult<usize> {
+    if data.is_empty() {
+        return Ok(0);
+    }
+    let (ptr, len) = (data.as_ptr() as *const libc::c_void, data.len());
+    // SAFETY: `data` is valid for reads of `len` bytes during the call; MSG_NOSIGNAL turns a
+    // write to a closed peer into EPIPE instead of SIGPIPE (as for the stream transport).
+    let n = retry_eintr(|| unsafe { libc::send(fd, ptr, len, libc::MSG_NOSIGNAL) });
+    if n < 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(code) if code == libc::EAGAIN || code == libc::EWOULDBLOCK => Ok(0),
+            _ => Err(os_error(err)),
+        };
+    }
+    Ok(n as usize)
 }
 
 fn recv_into_vec(
@@ -200,13 +221,17 @@ pub(crate) fn on_ready(slf: &Bound<'_, SockWaiter>) -> PyResult<()> {
         }
         SockOp::RecvInto(buf, n) => sock.call_method1(intern!(py, "recv_into"), (buf, *n)),
         SockOp::SendAll(view, off) => {
-            let rest = view.bind(py).get_item(pyo3::types::PySlice::new(
-                py,
-                *off as isize,
-                isize::MAX,
-                1,
-            ))?;
-            sock.call_method1(intern!(py, "send"), (rest,))
+            let fd = slf.get().state.with(py, |s| s.fd)?;
+            let bytes = ByteView::new(view.bind(py), false)?;
+            let rest = bytes.as_slice().get(*off..).unwrap_or(&[]);
+            match try_send(fd, rest) {
+                Ok(0) if !rest.is_empty() => return Ok(()), // not writable after all
+                Ok(n) => n
+                    .into_pyobject(py)
+                    .map(|v| v.into_any())
+                    .map_err(PyErr::from),
+                Err(e) => Err(e),
+            }
         }
     };
     match attempt {
@@ -226,7 +251,7 @@ pub(crate) fn on_ready(slf: &Bound<'_, SockWaiter>) -> PyResult<()> {
         Ok(v) => match op {
             SockOp::SendAll(view, off) => {
                 let sent: usize = v.extract()?;
-                let total = view.bind(py).len()?;
+                let total = ByteView::new(view.bind(py), false)?.len();
                 if off + sent >= total {
                     SockWaiter::finish(slf, Ok(py.None()))
                 } else {

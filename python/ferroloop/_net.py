@@ -178,15 +178,13 @@ class NetworkingMixin:
         base_events._check_ssl_socket(sock)
         if loop._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
-        try:
-            n = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        if n == len(data):
-            return
+        view = memoryview(data).cast("B")  # offsets below count bytes
         fd = sock.fileno()
+        n = loop._sock_send_try(fd, view)
+        if n == len(view):
+            return
         loop._ensure_fd_no_transport(fd)
-        await loop._sock_sendall_wait(sock, fd, memoryview(data), n)
+        await loop._sock_sendall_wait(sock, fd, view, n)
 
     async def getaddrinfo(
         self,
