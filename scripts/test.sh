@@ -17,7 +17,7 @@ echo "== lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 ruff check .
-ruff format --check . >/dev/null
+ruff format --check .
 
 echo "== build (debug)"
 maturin develop -q
