@@ -45,8 +45,8 @@ use crate::pyhelpers;
 use crate::reactor::{event_is_readable, event_is_writable, Io, Reactor, READABLE};
 use crate::scheduler::{Ready, ReadyQueue, TimerHeap};
 use crate::sockops::{self, SockOp, SockWaiter};
-use crate::transports::datagram::{self, DatagramTransport};
-use crate::transports::stream::{self, StreamTransport};
+use crate::transports::datagram;
+use crate::transports::stream;
 use crate::waker::Waker;
 
 /// Longest single poll, as in asyncio (one day).
@@ -475,33 +475,6 @@ impl LoopCore {
         self.state.with(py, |s| s.push_ready(h))
     }
 
-    /// Starts (`on`) or stops watching `fd` for a native transport. Registering on a closed
-    /// loop fails like asyncio's `_add_reader` does.
-    pub(crate) fn watch_stream(
-        &self,
-        py: Python<'_>,
-        fd: RawFd,
-        transport: &Py<StreamTransport>,
-        write: bool,
-        on: bool,
-    ) -> PyResult<()> {
-        let io = on.then(|| Io::Stream(transport.clone_ref(py)));
-        self.watch_native(py, fd, io, write)
-    }
-
-    /// [`LoopCore::watch_stream`] for a datagram transport.
-    pub(crate) fn watch_datagram(
-        &self,
-        py: Python<'_>,
-        fd: RawFd,
-        transport: &Py<DatagramTransport>,
-        write: bool,
-        on: bool,
-    ) -> PyResult<()> {
-        let io = on.then(|| Io::Datagram(transport.clone_ref(py)));
-        self.watch_native(py, fd, io, write)
-    }
-
     /// A `sock_*` operation that would block: a future settled by a [`SockWaiter`] registered
     /// for `fd` (see `sockops.rs`).
     fn sock_wait<'py>(
@@ -571,7 +544,13 @@ impl LoopCore {
     }
 
     /// Installs `io` as the reader (or writer) of `fd`, or removes the current one (`None`).
-    fn watch_native(&self, py: Python<'_>, fd: RawFd, io: Option<Io>, write: bool) -> PyResult<()> {
+    pub(crate) fn watch_native(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        io: Option<Io>,
+        write: bool,
+    ) -> PyResult<()> {
         let res = self.state.with(py, |s| {
             let Some(io) = io else {
                 return Ok(s.reactor.clear(fd, write));

@@ -46,8 +46,12 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::event_loop::LoopCore;
 use crate::gilcell::GilCell;
 use crate::pyhelpers;
+use crate::reactor::Io;
 use crate::transports::stream::{errno, is_bytes_like, os_error_from, passes_through, ByteView};
-use crate::transports::{copy_context, in_context};
+use crate::transports::{
+    in_direction_context, is_reading, set_reading_paused, start_reading, watch, Interest,
+    NativeTransport,
+};
 
 /// Bytes received per `recvfrom`, as asyncio's `max_size` (longer datagrams are truncated).
 const MAX_READ: usize = 256 * 1024;
@@ -130,7 +134,8 @@ enum Sent {
 }
 
 struct DatagramState {
-    fd: RawFd,
+    /// The fd, watched directions, pause/closing flags and callback contexts.
+    io: Interest,
     /// The socket's address family (`AF_INET`, `AF_INET6`, `AF_UNIX`...).
     family: i32,
     /// `send` instead of `sendto` (the socket has a peer).
@@ -151,12 +156,6 @@ struct DatagramState {
     header_size: usize,
     /// Whether empty datagrams are sent (Python 3.13+) or silently dropped (up to 3.12).
     send_empty: bool,
-    closing: bool,
-    /// Reading paused by the user (`pause_reading`).
-    paused: bool,
-    /// Read / write interest currently registered with the reactor.
-    reading: bool,
-    writing: bool,
     protocol_paused: bool,
     conn_lost: u32,
     high: usize,
@@ -164,11 +163,6 @@ struct DatagramState {
     /// The last sender seen by `recvfrom`, in kernel form and as the Python object handed to
     /// the protocol.
     last_peer: Option<(SockAddr, PyObject)>,
-    /// The `contextvars.Context` the receive path runs in: a copy of the one current when
-    /// reading was (re)started, as asyncio's reader handle captures it.
-    read_ctx: Option<PyObject>,
-    /// Likewise for the flush of the queue: current when the writer was registered.
-    write_ctx: Option<PyObject>,
 }
 
 impl DatagramState {
@@ -180,8 +174,8 @@ impl DatagramState {
         out.extend(self.datagram_received.take());
         out.extend(self.address.take());
         out.extend(self.last_peer.take().map(|(_, o)| o));
-        out.extend(self.read_ctx.take());
-        out.extend(self.write_ctx.take());
+        out.extend(self.io.read_ctx.take());
+        out.extend(self.io.write_ctx.take());
         for p in self.queue.drain(..) {
             if let Dest::Python(a) = p.dest {
                 out.push(a);
@@ -422,40 +416,6 @@ fn sockaddr_to_py(py: Python<'_>, sa: &SockAddr) -> PyResult<PyObject> {
 }
 
 impl DatagramTransport {
-    fn loop_core<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, LoopCore>>> {
-        self.state
-            .with(py, |s| s.loop_.as_ref().map(|l| l.bind(py).clone()))
-    }
-
-    /// Registers or unregisters interest, keeping our flags in sync with the reactor.
-    fn watch(slf: &Bound<'_, Self>, write: bool, on: bool) -> PyResult<()> {
-        let py = slf.py();
-        let (fd, changed) = slf.get().state.with(py, |s| {
-            let flag = if write { s.writing } else { s.reading };
-            (s.fd, flag != on)
-        })?;
-        if !changed || fd < 0 {
-            return Ok(());
-        }
-        let Some(lp) = slf.get().loop_core(py)? else {
-            return Ok(());
-        };
-        lp.get()
-            .watch_datagram(py, fd, &slf.clone().unbind(), write, on)?;
-        let ctx = if on { Some(copy_context(py)?) } else { None };
-        let old = slf.get().state.with(py, |s| {
-            if write {
-                s.writing = on;
-                std::mem::replace(&mut s.write_ctx, ctx)
-            } else {
-                s.reading = on;
-                std::mem::replace(&mut s.read_ctx, ctx)
-            }
-        })?;
-        drop(old);
-        Ok(())
-    }
-
     fn owner(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
         self.state
             .with(py, |s| s.owner.as_ref().map(|o| o.clone_ref(py)))
@@ -590,7 +550,7 @@ impl DatagramTransport {
         dest: &Dest,
     ) -> PyResult<Sent> {
         let py = slf.py();
-        let fd = slf.get().state.with(py, |s| s.fd)?;
+        let fd = slf.get().state.with(py, |s| s.io.fd)?;
         match dest {
             Dest::Connected if fd >= 0 => Ok(send_native(fd, data, None)),
             Dest::Native(sa) if fd >= 0 => Ok(send_native(fd, data, Some(sa))),
@@ -625,10 +585,10 @@ impl DatagramTransport {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let drained = slf.get().state.with(py, |s| {
-            if s.closing {
+            if s.io.closing {
                 return None;
             }
-            s.closing = true;
+            s.io.closing = true;
             let drained = s.queue.is_empty();
             if drained {
                 s.conn_lost += 1;
@@ -638,9 +598,9 @@ impl DatagramTransport {
         let Some(drained) = drained else {
             return Ok(());
         };
-        Self::watch(slf, false, false)?;
+        watch(slf, false, false)?;
         if drained {
-            Self::watch(slf, true, false)?;
+            watch(slf, true, false)?;
             Self::schedule_connection_lost(slf, py.None())?;
         }
         Ok(())
@@ -654,8 +614,8 @@ impl DatagramTransport {
             }
             let dropped: Vec<Pending> = s.queue.drain(..).collect();
             s.buffer_size = 0;
-            let first = !s.closing;
-            s.closing = true;
+            let first = !s.io.closing;
+            s.io.closing = true;
             s.conn_lost += 1;
             Some((first, dropped))
         })?;
@@ -663,9 +623,9 @@ impl DatagramTransport {
             return Ok(());
         };
         drop(dropped);
-        Self::watch(slf, true, false)?;
+        watch(slf, true, false)?;
         if first_close {
-            Self::watch(slf, false, false)?;
+            watch(slf, false, false)?;
         }
         Self::schedule_connection_lost(slf, exc)
     }
@@ -674,10 +634,10 @@ impl DatagramTransport {
     fn read_ready(slf: &Bound<'_, Self>, rbuf: &mut Vec<u8>) -> PyResult<()> {
         let py = slf.py();
         let st = slf.get().state.with(py, |s| {
-            if !s.reading || s.conn_lost > 0 || s.fd < 0 {
+            if !s.io.reading || s.conn_lost > 0 || s.io.fd < 0 {
                 None
             } else {
-                Some(s.fd)
+                Some(s.io.fd)
             }
         })?;
         let Some(fd) = st else { return Ok(()) };
@@ -762,7 +722,7 @@ impl DatagramTransport {
         let go = slf
             .get()
             .state
-            .with(py, |s| s.writing && s.conn_lost == 0 && s.fd >= 0)?;
+            .with(py, |s| s.io.writing && s.conn_lost == 0 && s.io.fd >= 0)?;
         if !go {
             return Ok(());
         }
@@ -793,14 +753,14 @@ impl DatagramTransport {
         Self::maybe_resume_protocol(slf)?;
         let (empty, finish) = slf.get().state.with(py, |s| {
             let empty = s.queue.is_empty();
-            let finish = empty && s.closing && s.conn_lost == 0;
+            let finish = empty && s.io.closing && s.conn_lost == 0;
             if finish {
                 s.conn_lost += 1;
             }
             (empty, finish)
         })?;
         if empty {
-            Self::watch(slf, true, false)?;
+            watch(slf, true, false)?;
             if finish {
                 Self::call_owner(slf, intern!(py, "_call_connection_lost"), (py.None(),))?;
             }
@@ -812,17 +772,7 @@ impl DatagramTransport {
 /// The fd is readable: receive one datagram and hand it to the protocol, in the context
 /// reading was started in.
 pub(crate) fn on_readable(slf: &Bound<'_, DatagramTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
-    let py = slf.py();
-    let res = slf
-        .get()
-        .state
-        .with(py, |s| s.read_ctx.as_ref().map(|c| c.clone_ref(py)))
-        .and_then(|ctx| {
-            let ctx = ctx.map(|c| c.into_bound(py));
-            in_context(py, ctx.as_ref(), || {
-                DatagramTransport::read_ready(slf, rbuf)
-            })
-        });
+    let res = in_direction_context(slf, false, || DatagramTransport::read_ready(slf, rbuf));
     match res {
         Ok(()) => Ok(()),
         Err(e) => DatagramTransport::report_callback_error(slf, e, "_read_ready"),
@@ -832,18 +782,25 @@ pub(crate) fn on_readable(slf: &Bound<'_, DatagramTransport>, rbuf: &mut Vec<u8>
 /// The fd is writable: send what is queued, until the kernel refuses more, in the context the
 /// writer was registered in.
 pub(crate) fn on_writable(slf: &Bound<'_, DatagramTransport>) -> PyResult<()> {
-    let py = slf.py();
-    let res = slf
-        .get()
-        .state
-        .with(py, |s| s.write_ctx.as_ref().map(|c| c.clone_ref(py)))
-        .and_then(|ctx| {
-            let ctx = ctx.map(|c| c.into_bound(py));
-            in_context(py, ctx.as_ref(), || DatagramTransport::sendto_ready(slf))
-        });
+    let res = in_direction_context(slf, true, || DatagramTransport::sendto_ready(slf));
     match res {
         Ok(()) => Ok(()),
         Err(e) => DatagramTransport::report_callback_error(slf, e, "_sendto_ready"),
+    }
+}
+
+impl NativeTransport for DatagramTransport {
+    fn interest<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Interest) -> R) -> PyResult<R> {
+        self.state.with(py, |s| f(&mut s.io))
+    }
+
+    fn loop_core<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, LoopCore>>> {
+        self.state
+            .with(py, |s| s.loop_.as_ref().map(|l| l.bind(py).clone()))
+    }
+
+    fn as_io(slf: &Bound<'_, Self>) -> Io {
+        Io::Datagram(slf.clone().unbind())
     }
 }
 
@@ -873,7 +830,7 @@ impl DatagramTransport {
         }
         Ok(DatagramTransport {
             state: GilCell::new(DatagramState {
-                fd,
+                io: Interest::new(fd),
                 family,
                 connected,
                 loop_: Some(lp.unbind()),
@@ -886,17 +843,11 @@ impl DatagramTransport {
                 buffer_size: 0,
                 header_size,
                 send_empty,
-                closing: false,
-                paused: false,
-                reading: false,
-                writing: false,
                 protocol_paused: false,
                 conn_lost: 0,
                 high: DEFAULT_HIGH_WATER,
                 low: DEFAULT_HIGH_WATER / 4,
                 last_peer: None,
-                read_ctx: None,
-                write_ctx: None,
             }),
         })
     }
@@ -927,52 +878,23 @@ impl DatagramTransport {
 
     /// Starts reading unless paused or closing (asyncio defers this to after connection_made).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let ok = slf
-            .get()
-            .state
-            .with(slf.py(), |s| !s.paused && !s.closing && s.fd >= 0)?;
-        if ok {
-            Self::watch(slf, false, true)?;
-        }
-        Ok(())
+        start_reading(slf)
     }
 
-    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| !s.paused && !s.closing)
+    fn is_reading(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        is_reading(slf)
     }
 
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let go = slf.get().state.with(slf.py(), |s| {
-            if s.paused || s.closing {
-                false
-            } else {
-                s.paused = true;
-                true
-            }
-        })?;
-        if go {
-            Self::watch(slf, false, false)?;
-        }
-        Ok(())
+        set_reading_paused(slf, true)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let go = slf.get().state.with(slf.py(), |s| {
-            if s.closing || !s.paused {
-                false
-            } else {
-                s.paused = false;
-                true
-            }
-        })?;
-        if go {
-            Self::watch(slf, false, true)?;
-        }
-        Ok(())
+        set_reading_paused(slf, false)
     }
 
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        self.state.with(py, |s| s.io.closing)
     }
 
     /// asyncio's `sendto`: checks, then an immediate send when nothing is queued, else queue.
@@ -1071,7 +993,7 @@ impl DatagramTransport {
             };
             match sent {
                 Sent::Done => return Ok(()),
-                Sent::WouldBlock => Self::watch(slf, true, true)?,
+                Sent::WouldBlock => watch(slf, true, true)?,
                 Sent::OsError(e) => return Self::error_received(slf, e),
                 Sent::Fatal(e) => {
                     return Self::fatal(slf, e, "Fatal write error on datagram transport")
@@ -1157,14 +1079,14 @@ impl DatagramTransport {
     /// Python side closes the socket itself.
     fn _detach(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        Self::watch(slf, false, false)?;
-        Self::watch(slf, true, false)?;
+        watch(slf, false, false)?;
+        watch(slf, true, false)?;
         let refs = slf.get().state.with(py, |s| {
-            s.fd = -1;
+            s.io.fd = -1;
             if s.conn_lost == 0 {
                 s.conn_lost = 1;
             }
-            s.closing = true;
+            s.io.closing = true;
             s.take_refs()
         })?;
         drop(refs);
@@ -1173,12 +1095,12 @@ impl DatagramTransport {
 
     #[getter]
     fn _sock_fd(&self, py: Python<'_>) -> PyResult<RawFd> {
-        self.state.with(py, |s| s.fd)
+        self.state.with(py, |s| s.io.fd)
     }
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        self.state.with(py, |s| s.io.closing)
     }
 
     #[getter]
@@ -1188,7 +1110,7 @@ impl DatagramTransport {
 
     #[getter]
     fn _paused(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.paused)
+        self.state.with(py, |s| s.io.paused)
     }
 
     #[getter]
@@ -1198,7 +1120,7 @@ impl DatagramTransport {
 
     /// `(reading registered, writing registered)`, for the wrapper's repr.
     fn _polling(&self, py: Python<'_>) -> PyResult<(bool, bool)> {
-        self.state.with(py, |s| (s.reading, s.writing))
+        self.state.with(py, |s| (s.io.reading, s.io.writing))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -1218,7 +1140,7 @@ impl DatagramTransport {
             {
                 visit.call(o)?;
             }
-            for o in [&s.read_ctx, &s.write_ctx].into_iter().flatten() {
+            for o in [&s.io.read_ctx, &s.io.write_ctx].into_iter().flatten() {
                 visit.call(o)?;
             }
             if let Some((_, o)) = &s.last_peer {

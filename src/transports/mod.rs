@@ -8,11 +8,50 @@
 pub mod datagram;
 pub mod stream;
 
+use std::os::fd::RawFd;
+
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::pyclass::boolean_struct::True;
+use pyo3::PyClass;
+
+use crate::event_loop::LoopCore;
+use crate::reactor::Io;
+
+/// What every native transport tracks about its fd: which directions the reactor watches for
+/// it, the user's reading pause, whether it is closing, and the `contextvars.Context` each
+/// direction's protocol callbacks run in (a copy of the context current when reading was
+/// started or resumed, and when the writer was registered, as asyncio's reader and writer
+/// handles capture them).
+pub(crate) struct Interest {
+    /// -1 once the transport let go of its socket.
+    pub fd: RawFd,
+    /// Reading paused by the user (`pause_reading`).
+    pub paused: bool,
+    pub closing: bool,
+    /// Read / write interest currently registered with the reactor.
+    pub reading: bool,
+    pub writing: bool,
+    pub read_ctx: Option<PyObject>,
+    pub write_ctx: Option<PyObject>,
+}
+
+impl Interest {
+    pub fn new(fd: RawFd) -> Self {
+        Interest {
+            fd,
+            paused: false,
+            closing: false,
+            reading: false,
+            writing: false,
+            read_ctx: None,
+            write_ctx: None,
+        }
+    }
+}
 
 /// A copy of the current `contextvars.Context`.
-pub(crate) fn copy_context(py: Python<'_>) -> PyResult<PyObject> {
+fn copy_context(py: Python<'_>) -> PyResult<PyObject> {
     // SAFETY: PyContext_CopyCurrent returns a new reference, or NULL with an exception set.
     let p = unsafe { ffi::PyContext_CopyCurrent() };
     // SAFETY: `p` is a new reference (ownership taken) or NULL.
@@ -21,7 +60,7 @@ pub(crate) fn copy_context(py: Python<'_>) -> PyResult<PyObject> {
 
 /// Runs `f` inside `ctx` (as `ctx.run(f)`), or in the current context when there is none.
 /// Transports run protocol callbacks in the context asyncio's reader/writer handles would have.
-pub(crate) fn in_context<R>(
+fn in_context<R>(
     py: Python<'_>,
     ctx: Option<&Bound<'_, PyAny>>,
     f: impl FnOnce() -> PyResult<R>,
@@ -51,4 +90,94 @@ pub(crate) fn retry_eintr(mut call: impl FnMut() -> isize) -> isize {
             return n;
         }
     }
+}
+
+/// What the shared reading/watching logic needs from a native transport.
+pub(crate) trait NativeTransport: PyClass<Frozen = True> + Sync {
+    /// Runs `f` on the transport's [`Interest`].
+    fn interest<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Interest) -> R) -> PyResult<R>;
+    /// The loop it belongs to (None once detached).
+    fn loop_core<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, LoopCore>>>;
+    /// How the reactor refers to it.
+    fn as_io(slf: &Bound<'_, Self>) -> Io;
+}
+
+/// Registers (`on`) or unregisters interest in one direction, keeping the flags in sync with
+/// the reactor and capturing the context that direction's callbacks will run in.
+pub(crate) fn watch<T: NativeTransport>(slf: &Bound<'_, T>, write: bool, on: bool) -> PyResult<()> {
+    let py = slf.py();
+    let (fd, changed) = slf.get().interest(py, |s| {
+        let flag = if write { s.writing } else { s.reading };
+        (s.fd, flag != on)
+    })?;
+    if !changed || fd < 0 {
+        return Ok(());
+    }
+    let Some(lp) = slf.get().loop_core(py)? else {
+        return Ok(());
+    };
+    lp.get()
+        .watch_native(py, fd, on.then(|| T::as_io(slf)), write)?;
+    let ctx = if on { Some(copy_context(py)?) } else { None };
+    let old = slf.get().interest(py, |s| {
+        if write {
+            s.writing = on;
+            std::mem::replace(&mut s.write_ctx, ctx)
+        } else {
+            s.reading = on;
+            std::mem::replace(&mut s.read_ctx, ctx)
+        }
+    })?;
+    drop(old);
+    Ok(())
+}
+
+/// Starts reading unless paused or closing (asyncio defers this until connection_made ran).
+pub(crate) fn start_reading<T: NativeTransport>(slf: &Bound<'_, T>) -> PyResult<()> {
+    let ok = slf
+        .get()
+        .interest(slf.py(), |s| !s.paused && !s.closing && s.fd >= 0)?;
+    if ok {
+        watch(slf, false, true)?;
+    }
+    Ok(())
+}
+
+/// `transport.is_reading()`.
+pub(crate) fn is_reading<T: NativeTransport>(slf: &Bound<'_, T>) -> PyResult<bool> {
+    slf.get().interest(slf.py(), |s| !s.paused && !s.closing)
+}
+
+/// `transport.pause_reading()` (`pause`) / `transport.resume_reading()`.
+pub(crate) fn set_reading_paused<T: NativeTransport>(
+    slf: &Bound<'_, T>,
+    pause: bool,
+) -> PyResult<()> {
+    let go = slf.get().interest(slf.py(), |s| {
+        if s.closing || s.paused == pause {
+            false
+        } else {
+            s.paused = pause;
+            true
+        }
+    })?;
+    if go {
+        watch(slf, false, !pause)?;
+    }
+    Ok(())
+}
+
+/// Runs `f` in the context one direction's callbacks run in (see [`Interest`]).
+pub(crate) fn in_direction_context<T: NativeTransport, R>(
+    slf: &Bound<'_, T>,
+    write: bool,
+    f: impl FnOnce() -> PyResult<R>,
+) -> PyResult<R> {
+    let py = slf.py();
+    let ctx = slf.get().interest(py, |s| {
+        let c = if write { &s.write_ctx } else { &s.read_ctx };
+        c.as_ref().map(|c| c.clone_ref(py))
+    })?;
+    let ctx = ctx.map(|c| c.into_bound(py));
+    in_context(py, ctx.as_ref(), f)
 }

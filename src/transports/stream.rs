@@ -27,7 +27,11 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::gilcell::GilCell;
-use crate::transports::{copy_context, in_context, retry_eintr};
+use crate::reactor::Io;
+use crate::transports::{
+    in_direction_context, is_reading, retry_eintr, set_reading_paused, start_reading, watch,
+    Interest, NativeTransport,
+};
 
 /// Bytes read per `recv`, as asyncio's `max_size`.
 const MAX_READ: usize = 256 * 1024;
@@ -37,7 +41,8 @@ const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const CONNLOST_WARN_THRESHOLD: u32 = 5;
 
 struct StreamState {
-    fd: RawFd,
+    /// The fd, watched directions, pause/closing flags and callback contexts.
+    io: Interest,
     loop_: Option<Py<LoopCore>>,
     /// The Python wrapper (`SocketTransport`), passed to protocols and error reports.
     owner: Option<PyObject>,
@@ -50,24 +55,13 @@ struct StreamState {
     /// Pending output: `wbuf[woff..]`.
     wbuf: Vec<u8>,
     woff: usize,
-    closing: bool,
     eof: bool,
-    /// Reading paused by the user (`pause_reading`).
-    paused: bool,
-    /// Read / write interest currently registered with the reactor.
-    reading: bool,
-    writing: bool,
     protocol_paused: bool,
     conn_lost: u32,
     high: usize,
     low: usize,
     /// `loop.sendfile` waits for the buffer to drain on this future.
     empty_waiter: Option<PyObject>,
-    /// The contexts protocol callbacks run in, as asyncio's reader and writer handles would:
-    /// a copy of the context current when reading was started (connection_made time, or
-    /// `resume_reading()`), and when the writer was registered (the `write()` that queued).
-    read_ctx: Option<PyObject>,
-    write_ctx: Option<PyObject>,
 }
 
 impl StreamState {
@@ -97,8 +91,8 @@ impl StreamState {
         out.extend(self.get_buffer.take());
         out.extend(self.buffer_updated.take());
         out.extend(self.empty_waiter.take());
-        out.extend(self.read_ctx.take());
-        out.extend(self.write_ctx.take());
+        out.extend(self.io.read_ctx.take());
+        out.extend(self.io.write_ctx.take());
         if let Some(l) = self.loop_.take() {
             out.push(l.into_any());
         }
@@ -212,45 +206,6 @@ pub(crate) fn os_error_from(code: i32) -> PyErr {
 }
 
 impl StreamTransport {
-    fn loop_core<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, LoopCore>>> {
-        self.state
-            .with(py, |s| s.loop_.as_ref().map(|l| l.bind(py).clone()))
-    }
-
-    /// Registers or unregisters interest, keeping our flags in sync with the reactor.
-    fn watch(slf: &Bound<'_, Self>, write: bool, on: bool) -> PyResult<()> {
-        let py = slf.py();
-        let (fd, changed) = slf.get().state.with(py, |s| {
-            let flag = if write {
-                &mut s.writing
-            } else {
-                &mut s.reading
-            };
-            let changed = *flag != on;
-            (s.fd, changed)
-        })?;
-        if !changed || fd < 0 {
-            return Ok(());
-        }
-        let Some(lp) = slf.get().loop_core(py)? else {
-            return Ok(());
-        };
-        lp.get()
-            .watch_stream(py, fd, &slf.clone().unbind(), write, on)?;
-        let ctx = if on { Some(copy_context(py)?) } else { None };
-        let old = slf.get().state.with(py, |s| {
-            if write {
-                s.writing = on;
-                std::mem::replace(&mut s.write_ctx, ctx)
-            } else {
-                s.reading = on;
-                std::mem::replace(&mut s.read_ctx, ctx)
-            }
-        })?;
-        drop(old);
-        Ok(())
-    }
-
     /// Calls a method of the Python wrapper (cold paths: errors, connection_lost).
     fn call_owner<'py>(
         slf: &Bound<'py, Self>,
@@ -349,7 +304,7 @@ impl StreamTransport {
             Err(e) => Self::fatal(slf, e, "Fatal error: protocol.eof_received() call failed."),
             Ok(keep_open) => {
                 if keep_open.is_truthy()? {
-                    Self::watch(slf, false, false)
+                    watch(slf, false, false)
                 } else {
                     Self::close(slf)
                 }
@@ -363,7 +318,7 @@ impl StreamTransport {
         slf.get()
             .state
             .with(py, |s| s.wbuf.extend_from_slice(data))?;
-        Self::watch(slf, true, true)?;
+        watch(slf, true, true)?;
         Self::flow_control(slf, true)
     }
 
@@ -409,7 +364,7 @@ impl StreamTransport {
     }
 
     fn shutdown_write(&self, py: Python<'_>) -> PyResult<()> {
-        let fd = self.state.with(py, |s| s.fd)?;
+        let fd = self.state.with(py, |s| s.io.fd)?;
         if fd < 0 {
             return Ok(());
         }
@@ -423,10 +378,10 @@ impl StreamTransport {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let drained = slf.get().state.with(py, |s| {
-            if s.closing {
+            if s.io.closing {
                 return None;
             }
-            s.closing = true;
+            s.io.closing = true;
             let drained = s.pending() == 0;
             if drained {
                 s.conn_lost += 1;
@@ -436,9 +391,9 @@ impl StreamTransport {
         let Some(drained) = drained else {
             return Ok(());
         };
-        Self::watch(slf, false, false)?;
+        watch(slf, false, false)?;
         if drained {
-            Self::watch(slf, true, false)?;
+            watch(slf, true, false)?;
             Self::schedule_connection_lost(slf, py.None())?;
         }
         Ok(())
@@ -452,17 +407,17 @@ impl StreamTransport {
             }
             s.wbuf.clear();
             s.woff = 0;
-            let first = !s.closing;
-            s.closing = true;
+            let first = !s.io.closing;
+            s.io.closing = true;
             s.conn_lost += 1;
             Some(first)
         })?;
         let Some(first_close) = first_close else {
             return Ok(());
         };
-        Self::watch(slf, true, false)?;
+        watch(slf, true, false)?;
         if first_close {
-            Self::watch(slf, false, false)?;
+            watch(slf, false, false)?;
         }
         Self::schedule_connection_lost(slf, exc)
     }
@@ -470,19 +425,13 @@ impl StreamTransport {
 
 /// The fd is readable: read once and hand the data to the protocol.
 pub(crate) fn on_readable(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
-    let py = slf.py();
-    let ctx = slf
-        .get()
-        .state
-        .with(py, |s| s.read_ctx.as_ref().map(|c| c.clone_ref(py)))?
-        .map(|c| c.into_bound(py));
-    in_context(py, ctx.as_ref(), || read_ready(slf, rbuf))
+    in_direction_context(slf, false, || read_ready(slf, rbuf))
 }
 
 fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
     let py = slf.py();
     let st = slf.get().state.with(py, |s| {
-        if !s.reading || s.conn_lost > 0 || s.fd < 0 {
+        if !s.io.reading || s.conn_lost > 0 || s.io.fd < 0 {
             return None;
         }
         let cbs = if s.buffered {
@@ -498,7 +447,7 @@ fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<
                 None,
             )
         };
-        Some((s.fd, cbs))
+        Some((s.io.fd, cbs))
     })?;
     let Some((fd, (data_received, get_buffer, buffer_updated))) = st else {
         return Ok(());
@@ -609,22 +558,16 @@ fn read_into_protocol_buffer(
 
 /// The fd is writable: flush the buffer in one send.
 pub(crate) fn on_writable(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
-    let py = slf.py();
-    let ctx = slf
-        .get()
-        .state
-        .with(py, |s| s.write_ctx.as_ref().map(|c| c.clone_ref(py)))?
-        .map(|c| c.into_bound(py));
-    in_context(py, ctx.as_ref(), || write_ready(slf))
+    in_direction_context(slf, true, || write_ready(slf))
 }
 
 fn write_ready(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
     let py = slf.py();
     let res = slf.get().state.with(py, |s| {
-        if !s.writing || s.conn_lost > 0 || s.fd < 0 {
+        if !s.io.writing || s.conn_lost > 0 || s.io.fd < 0 {
             return None;
         }
-        let r = send_some(s.fd, &s.wbuf[s.woff..]);
+        let r = send_some(s.io.fd, &s.wbuf[s.woff..]);
         if let Ok(n) = r {
             s.consume(n);
         } else {
@@ -636,7 +579,7 @@ fn write_ready(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
     match res {
         None => Ok(()),
         Some(Err(code)) => {
-            StreamTransport::watch(slf, true, false)?;
+            watch(slf, true, false)?;
             let exc = os_error_from(code);
             let waiter = slf
                 .get()
@@ -654,7 +597,7 @@ fn write_ready(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
             let (empty, closing, eof, waiter) = slf.get().state.with(py, |s| {
                 (
                     s.pending() == 0,
-                    s.closing,
+                    s.io.closing,
                     s.eof,
                     s.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
                 )
@@ -662,7 +605,7 @@ fn write_ready(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
             if !empty {
                 return Ok(());
             }
-            StreamTransport::watch(slf, true, false)?;
+            watch(slf, true, false)?;
             if let Some(w) = waiter {
                 w.bind(py).call_method1("set_result", (py.None(),))?;
             }
@@ -680,6 +623,21 @@ fn write_ready(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
     }
 }
 
+impl NativeTransport for StreamTransport {
+    fn interest<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Interest) -> R) -> PyResult<R> {
+        self.state.with(py, |s| f(&mut s.io))
+    }
+
+    fn loop_core<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, LoopCore>>> {
+        self.state
+            .with(py, |s| s.loop_.as_ref().map(|l| l.bind(py).clone()))
+    }
+
+    fn as_io(slf: &Bound<'_, Self>) -> Io {
+        Io::Stream(slf.clone().unbind())
+    }
+}
+
 #[pymethods]
 impl StreamTransport {
     #[new]
@@ -691,7 +649,7 @@ impl StreamTransport {
         }
         Ok(StreamTransport {
             state: GilCell::new(StreamState {
-                fd,
+                io: Interest::new(fd),
                 loop_: Some(lp.unbind()),
                 owner: Some(owner),
                 protocol: None,
@@ -701,18 +659,12 @@ impl StreamTransport {
                 buffered: false,
                 wbuf: Vec::new(),
                 woff: 0,
-                closing: false,
                 eof: false,
-                paused: false,
-                reading: false,
-                writing: false,
                 protocol_paused: false,
                 conn_lost: 0,
                 high: DEFAULT_HIGH_WATER,
                 low: DEFAULT_HIGH_WATER / 4,
                 empty_waiter: None,
-                read_ctx: None,
-                write_ctx: None,
             }),
         })
     }
@@ -756,52 +708,23 @@ impl StreamTransport {
 
     /// Starts reading unless paused or closing (asyncio defers this to after connection_made).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let ok = slf
-            .get()
-            .state
-            .with(slf.py(), |s| !s.paused && !s.closing && s.fd >= 0)?;
-        if ok {
-            Self::watch(slf, false, true)?;
-        }
-        Ok(())
+        start_reading(slf)
     }
 
-    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| !s.paused && !s.closing)
+    fn is_reading(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        is_reading(slf)
     }
 
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let go = slf.get().state.with(slf.py(), |s| {
-            if s.paused || s.closing {
-                false
-            } else {
-                s.paused = true;
-                true
-            }
-        })?;
-        if go {
-            Self::watch(slf, false, false)?;
-        }
-        Ok(())
+        set_reading_paused(slf, true)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let go = slf.get().state.with(slf.py(), |s| {
-            if s.closing || !s.paused {
-                false
-            } else {
-                s.paused = false;
-                true
-            }
-        })?;
-        if go {
-            Self::watch(slf, false, true)?;
-        }
-        Ok(())
+        set_reading_paused(slf, false)
     }
 
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        self.state.with(py, |s| s.io.closing)
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -824,10 +747,10 @@ impl StreamTransport {
         }
         // Fast path: nothing queued, send now.
         let sent = slf.get().state.with(py, |s| {
-            if s.pending() > 0 || s.fd < 0 {
+            if s.pending() > 0 || s.io.fd < 0 {
                 return Ok(0);
             }
-            send_some(s.fd, bytes)
+            send_some(s.io.fd, bytes)
         })?;
         let n = match sent {
             Ok(n) => n,
@@ -867,7 +790,7 @@ impl StreamTransport {
         let total: usize = views.iter().map(|v| v.len()).sum();
         // Fast path: nothing queued, one sendmsg for every piece.
         let sent = slf.get().state.with(py, |s| {
-            if s.pending() > 0 || s.fd < 0 {
+            if s.pending() > 0 || s.io.fd < 0 {
                 return Ok(0);
             }
             let iov: Vec<libc::iovec> = views
@@ -883,7 +806,7 @@ impl StreamTransport {
             msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
             msg.msg_iovlen = iov.len() as _;
             // SAFETY: every iovec points into a buffer view held in `views` during the call.
-            let n = retry_eintr(|| unsafe { libc::sendmsg(s.fd, &msg, libc::MSG_NOSIGNAL) });
+            let n = retry_eintr(|| unsafe { libc::sendmsg(s.io.fd, &msg, libc::MSG_NOSIGNAL) });
             if n < 0 {
                 let e = errno();
                 if would_block(e) {
@@ -924,7 +847,7 @@ impl StreamTransport {
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let now = slf.get().state.with(py, |s| {
-            if s.closing || s.eof {
+            if s.io.closing || s.eof {
                 return false;
             }
             s.eof = true;
@@ -1037,10 +960,10 @@ impl StreamTransport {
     /// Python side closes the socket itself.
     fn _detach(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        Self::watch(slf, false, false)?;
-        Self::watch(slf, true, false)?;
+        watch(slf, false, false)?;
+        watch(slf, true, false)?;
         let refs = slf.get().state.with(py, |s| {
-            s.fd = -1;
+            s.io.fd = -1;
             s.take_refs()
         })?;
         drop(refs);
@@ -1049,12 +972,12 @@ impl StreamTransport {
 
     #[getter]
     fn _sock_fd(&self, py: Python<'_>) -> PyResult<RawFd> {
-        self.state.with(py, |s| s.fd)
+        self.state.with(py, |s| s.io.fd)
     }
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        self.state.with(py, |s| s.io.closing)
     }
 
     #[getter]
@@ -1069,7 +992,7 @@ impl StreamTransport {
 
     #[getter]
     fn _paused(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.paused)
+        self.state.with(py, |s| s.io.paused)
     }
 
     #[getter]
@@ -1079,7 +1002,7 @@ impl StreamTransport {
 
     /// `(reading registered, writing registered)`, for the wrapper's repr.
     fn _polling(&self, py: Python<'_>) -> PyResult<(bool, bool)> {
-        self.state.with(py, |s| (s.reading, s.writing))
+        self.state.with(py, |s| (s.io.reading, s.io.writing))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
