@@ -50,63 +50,31 @@ def _logger() -> Any:
     return base_events.logger
 
 
-class SocketTransport(transports._FlowControlMixin):
-    """A TCP or Unix stream socket transport.
+class _NativeFace:
+    """What both transport faces share: the native core's state seen as asyncio's private
+    attributes, the cold paths the core calls by name, and the introspection.
 
-    It derives from asyncio's flow-control base (as asyncio's own socket transport does, and
-    as ``loop.sendfile``'s fallback requires); the flow control itself is native.
+    Subclasses set ``_core``, ``_sock``, ``_sock_fd``, ``_loop`` and ``_protocol_connected``.
     """
 
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-    max_size = 256 * 1024
+    _core: Any
+    _sock: socket.socket | None
+    _sock_fd: int
+    _loop: Any
+    _protocol_connected: bool
 
-    def __init__(
-        self,
-        loop: Any,
-        sock: socket.socket,
-        protocol: asyncio.BaseProtocol,
-        waiter: asyncio.Future | None = None,
-        extra: dict[str, Any] | None = None,
-        server: Any = None,
-    ) -> None:
-        # Not _FlowControlMixin.__init__: its limits and counters live in the native core.
-        asyncio.Transport.__init__(self, extra)
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
-        self._sock: socket.socket | None = sock
-        self._sock_fd = sock.fileno()
-        self._loop = loop
-        self._server = server
-        self._protocol_connected = False
-        core = StreamTransport(loop, self._sock_fd, self)
+    def _bind_native(self, core: Any, names: tuple[str, ...]) -> None:
         self._core = core
-        for name in _NATIVE_METHODS:
+        for name in names:
             setattr(self, name, getattr(core, name))
-        self.set_protocol(protocol)
-        if server is not None:
-            server._attach()
-        loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
+
+    def _announce(self, loop: Any, protocol: Any, waiter: asyncio.Future | None) -> None:
+        """connection_made, then reading, then the waiter, each in a later callback."""
         loop.call_soon(protocol.connection_made, self)
         # Reading starts once connection_made() has run (it may pause reading).
-        loop.call_soon(core._start_reading)
+        loop.call_soon(self._core._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
-
-    # -- protocol ------------------------------------------------------------------------
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._core._set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
-        self._protocol_connected = True
 
     @property
     def _protocol(self) -> Any:
@@ -119,10 +87,6 @@ class SocketTransport(transports._FlowControlMixin):
     @property
     def _conn_lost(self) -> int:
         return self._core._conn_lost
-
-    @property
-    def _eof(self) -> bool:
-        return self._core._eof
 
     @property
     def _paused(self) -> bool:
@@ -166,12 +130,15 @@ class SocketTransport(transports._FlowControlMixin):
                 sock.close()
             self._sock = None
             self._loop = None
-            server = self._server
-            if server is not None:
-                server._detach()
-                self._server = None
+            self._after_connection_lost()
+
+    def _after_connection_lost(self) -> None:
+        """Hook for per-kind cleanup once the connection is gone."""
 
     # -- introspection ---------------------------------------------------------------------
+
+    def _polling_shown(self) -> bool:
+        return self._sock is not None
 
     def __repr__(self) -> str:
         info = [type(self).__name__]
@@ -180,7 +147,7 @@ class SocketTransport(transports._FlowControlMixin):
         elif self._core.is_closing():
             info.append("closing")
         info.append(f"fd={self._sock_fd}")
-        if self._sock is not None:
+        if self._polling_shown():
             reading, writing = self._core._polling()
             info.append("read=polling" if reading else "read=idle")
             bufsize = self._core.get_write_buffer_size()
@@ -193,6 +160,68 @@ class SocketTransport(transports._FlowControlMixin):
         if sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             sock.close()
+
+
+class SocketTransport(_NativeFace, transports._FlowControlMixin):
+    """A TCP or Unix stream socket transport.
+
+    It derives from asyncio's flow-control base (as asyncio's own socket transport does, and
+    as ``loop.sendfile``'s fallback requires); the flow control itself is native.
+    """
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    max_size = 256 * 1024
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
+        # Not _FlowControlMixin.__init__: its limits and counters live in the native core.
+        asyncio.Transport.__init__(self, extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock: socket.socket | None = sock
+        self._sock_fd = sock.fileno()
+        self._loop = loop
+        self._server = server
+        self._protocol_connected = False
+        self._bind_native(StreamTransport(loop, self._sock_fd, self), _NATIVE_METHODS)
+        self.set_protocol(protocol)
+        if server is not None:
+            server._attach()
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        self._announce(loop, protocol, waiter)
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._core._set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
+        self._protocol_connected = True
+
+    @property
+    def _eof(self) -> bool:
+        return self._core._eof
+
+    def _after_connection_lost(self) -> None:
+        server = self._server
+        if server is not None:
+            server._detach()
+            self._server = None
 
 
 # Methods served by the native datagram core, bound per instance.
@@ -217,7 +246,7 @@ _SEND_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
 _DATAGRAM_HEADER_SIZE = 8 if _SEND_EMPTY_DATAGRAMS else 0
 
 
-class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport):
+class DatagramTransport(_NativeFace, transports._FlowControlMixin, asyncio.DatagramTransport):
     """A UDP or Unix datagram socket transport (asyncio's ``_SelectorDatagramTransport``).
 
     ``sendto`` and the receive path are native. A socket with a peer (``remote_addr``, or a
@@ -268,16 +297,10 @@ class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport)
             _SEND_EMPTY_DATAGRAMS,
             _DATAGRAM_HEADER_SIZE,
         )
-        self._core = core
-        for name in _NATIVE_DATAGRAM_METHODS:
-            setattr(self, name, getattr(core, name))
+        self._bind_native(core, _NATIVE_DATAGRAM_METHODS)
         self.set_protocol(protocol)
         loop._transports[self._sock_fd] = self
-        loop.call_soon(protocol.connection_made, self)
-        # Reading starts once connection_made() has run (it may pause reading).
-        loop.call_soon(core._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        self._announce(loop, protocol, waiter)
 
     # -- protocol ------------------------------------------------------------------------
 
@@ -285,47 +308,7 @@ class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport)
         self._core._set_protocol(protocol)
         self._protocol_connected = True
 
-    @property
-    def _protocol(self) -> Any:
-        return self._core.get_protocol()
-
-    @property
-    def _closing(self) -> bool:
-        return self._core._closing
-
-    @property
-    def _conn_lost(self) -> int:
-        return self._core._conn_lost
-
-    @property
-    def _paused(self) -> bool:
-        return self._core._paused
-
-    @property
-    def _protocol_paused(self) -> bool:
-        return self._core._protocol_paused
-
     # -- cold paths called by the native core --------------------------------------------
-
-    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
-        if isinstance(exc, OSError):
-            if self._loop is not None and self._loop.get_debug():
-                _logger().debug("%r: %s", self, message, exc_info=True)
-        elif self._loop is not None:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._core._force_close(exc)
-
-    def _report_protocol_error(self, message: str, exc: BaseException) -> None:
-        self._loop.call_exception_handler(
-            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
-        )
 
     def _report_callback_error(self, step: str, exc: BaseException) -> None:
         # What asyncio's loop reports when its _read_ready/_sendto_ready callback raises
@@ -339,38 +322,5 @@ class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport)
             }
         )
 
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        protocol = self._core.get_protocol()
-        try:
-            if self._protocol_connected and protocol is not None:
-                protocol.connection_lost(exc)
-        finally:
-            sock = self._sock
-            self._core._detach()
-            if sock is not None:
-                sock.close()
-            self._sock = None
-            self._loop = None
-
-    # -- introspection ---------------------------------------------------------------------
-
-    def __repr__(self) -> str:
-        info = [type(self).__name__]
-        if self._sock is None:
-            info.append("closed")
-        elif self._core.is_closing():
-            info.append("closing")
-        info.append(f"fd={self._sock_fd}")
-        if self._loop is not None and not self._loop.is_closed():
-            reading, writing = self._core._polling()
-            info.append("read=polling" if reading else "read=idle")
-            bufsize = self._core.get_write_buffer_size()
-            state = "polling" if writing else "idle"
-            info.append(f"write=<{state}, bufsize={bufsize}>")
-        return "<{}>".format(" ".join(info))
-
-    def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
-        sock = getattr(self, "_sock", None)
-        if sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
+    def _polling_shown(self) -> bool:
+        return self._loop is not None and not self._loop.is_closed()
