@@ -26,25 +26,54 @@ use pyo3::types::{PyFloat, PyTuple};
 use crate::gilcell::GilCell;
 use crate::pyhelpers;
 
+/// A handle's state. Kept small (what every `call_soon` needs inline, the rest boxed in
+/// [`HandleExtra`]): thousands of pending handles stay compact in memory.
 pub struct HandleState {
     pub(crate) callback: Option<PyObject>,
     pub(crate) args: Option<Py<PyTuple>>,
     pub(crate) context: Option<PyObject>,
     pub(crate) cancelled: bool,
-    /// Where the handle was created (debug mode only), as `traceback.StackSummary`.
-    pub(crate) source_traceback: Option<PyObject>,
-    /// In debug mode asyncio keeps the handle's repr from the moment it was cancelled.
-    pub(crate) repr_at_cancel: Option<PyObject>,
     pub(crate) debug: bool,
     /// Reader, writer and signal handles run many times; the others run once and then give up
     /// their callback and arguments (see the module docs).
     pub(crate) persistent: bool,
-    // --- timer part (unused for plain handles) ---
-    pub(crate) is_timer: bool,
-    pub(crate) when: f64,
+    /// A timer still in the loop's heap.
     pub(crate) scheduled: bool,
+    /// Timer and debug-mode data, absent for plain handles outside debug mode.
+    pub(crate) extra: Option<Box<HandleExtra>>,
+}
+
+#[derive(Default)]
+pub struct HandleExtra {
+    /// Where the handle was created (debug mode only), as `traceback.StackSummary`.
+    pub(crate) source_traceback: Option<PyObject>,
+    /// In debug mode asyncio keeps the handle's repr from the moment it was cancelled.
+    pub(crate) repr_at_cancel: Option<PyObject>,
+    pub(crate) timer: Option<TimerPart>,
+}
+
+pub struct TimerPart {
+    pub(crate) when: f64,
     /// Shared with the loop: how many scheduled timers were cancelled (heap compaction).
-    pub(crate) cancelled_timers: Option<Arc<AtomicUsize>>,
+    pub(crate) cancelled_timers: Arc<AtomicUsize>,
+}
+
+impl HandleState {
+    fn extra_mut(&mut self) -> &mut HandleExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn source_traceback(&self) -> Option<&PyObject> {
+        self.extra.as_ref()?.source_traceback.as_ref()
+    }
+
+    fn repr_at_cancel(&self) -> Option<&PyObject> {
+        self.extra.as_ref()?.repr_at_cancel.as_ref()
+    }
+
+    fn timer(&self) -> Option<&TimerPart> {
+        self.extra.as_ref()?.timer.as_ref()
+    }
 }
 
 #[pyclass(subclass, frozen, module = "ferroloop", name = "Handle")]
@@ -67,14 +96,15 @@ impl Handle {
                 args: Some(args),
                 context: Some(context),
                 cancelled: false,
-                source_traceback,
-                repr_at_cancel: None,
                 debug,
                 persistent,
-                is_timer: false,
-                when: 0.0,
                 scheduled: false,
-                cancelled_timers: None,
+                extra: source_traceback.map(|tb| {
+                    Box::new(HandleExtra {
+                        source_traceback: Some(tb),
+                        ..HandleExtra::default()
+                    })
+                }),
             }),
         }
     }
@@ -90,9 +120,9 @@ impl HandleState {
             return (None, None);
         }
         self.cancelled = true;
-        if self.is_timer && self.scheduled {
-            if let Some(c) = &self.cancelled_timers {
-                c.fetch_add(1, Ordering::Relaxed);
+        if self.scheduled {
+            if let Some(t) = self.timer() {
+                t.cancelled_timers.fetch_add(1, Ordering::Relaxed);
             }
         }
         (self.callback.take(), self.args.take())
@@ -117,7 +147,7 @@ pub(crate) fn cancel_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<(
     };
     let released = h.get().state.with(py, |s| {
         if repr.is_some() {
-            s.repr_at_cancel = repr;
+            s.extra_mut().repr_at_cancel = repr;
         }
         s.cancel()
     })?;
@@ -268,12 +298,18 @@ impl Handle {
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> PyResult<PyObject> {
-        self.state.with(py, |s| opt(py, &s.source_traceback))
+        self.state.with(py, |s| {
+            s.source_traceback()
+                .map_or_else(|| py.None(), |t| t.clone_ref(py))
+        })
     }
 
     #[getter]
     fn _repr(&self, py: Python<'_>) -> PyResult<PyObject> {
-        self.state.with(py, |s| opt(py, &s.repr_at_cancel))
+        self.state.with(py, |s| {
+            s.repr_at_cancel()
+                .map_or_else(|| py.None(), |r| r.clone_ref(py))
+        })
     }
 
     /// `asyncio.Handle`, so that `isinstance(handle, asyncio.Handle)` holds as the asyncio
@@ -288,7 +324,7 @@ impl Handle {
         let cached = slf
             .get()
             .state
-            .with(py, |s| s.repr_at_cancel.as_ref().map(|r| r.clone_ref(py)))?;
+            .with(py, |s| s.repr_at_cancel().map(|r| r.clone_ref(py)))?;
         match cached {
             Some(r) => Ok(r),
             None => pyhelpers::format_handle(py, slf.as_any()),
@@ -308,10 +344,11 @@ impl TimerHandle {
         counter: Arc<AtomicUsize>,
     ) -> PyResult<Py<Handle>> {
         base.state.with(py, |s| {
-            s.is_timer = true;
-            s.when = when;
             s.scheduled = true;
-            s.cancelled_timers = Some(counter);
+            s.extra_mut().timer = Some(TimerPart {
+                when,
+                cancelled_timers: counter,
+            });
         })?;
         let init = PyClassInitializer::from(base).add_subclass(TimerHandle);
         let obj = Bound::new(py, init)?;
@@ -320,7 +357,10 @@ impl TimerHandle {
 }
 
 fn when_of(h: &Bound<'_, TimerHandle>) -> PyResult<f64> {
-    h.as_super().get().state.with(h.py(), |s| s.when)
+    h.as_super()
+        .get()
+        .state
+        .with(h.py(), |s| s.timer().map_or(f64::NAN, |t| t.when))
 }
 
 #[pymethods]
