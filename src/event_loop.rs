@@ -68,8 +68,8 @@ struct LoopState {
     polling: bool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_id: u64,
-    /// Reused buffer for the work of one iteration.
-    batch: Vec<Ready>,
+    /// An empty queue buffer: swapped with `ready` to take an iteration's work in O(1).
+    spare: ReadyQueue,
     /// Reused buffer that native transports read into (allocated on first use).
     read_buf: Vec<u8>,
     /// `set_task_factory`'s factory.
@@ -359,17 +359,15 @@ impl LoopCore {
                     s.ready.push_back(Ready::Call(e.handle));
                 }
             }
-            let mut batch = std::mem::take(&mut s.batch);
-            batch.extend(s.ready.drain(..));
+            let spare = std::mem::take(&mut s.spare);
+            let batch = std::mem::replace(&mut s.ready, spare);
             (batch, std::mem::take(&mut s.read_buf), s.debug)
         })?;
         drop(garbage);
 
         let mut result = Ok(());
-        let mut ran = 0;
-        for item in batch.iter() {
-            ran += 1;
-            let r = match item {
+        while let Some(item) = batch.pop_front() {
+            let r = match &item {
                 Ready::Call(h) if debug => Self::run_one_debug(slf, h.bind(py)),
                 Ready::Call(h) => run_one(slf, h.bind(py)),
                 Ready::Read(t) => stream::on_readable(t.bind(py), &mut read_buf),
@@ -378,6 +376,14 @@ impl LoopCore {
                 Ready::DatagramWrite(t) => datagram::on_writable(t.bind(py)),
                 Ready::Sock(w) => sockops::on_ready(w.bind(py)),
             };
+            // Released right away, outside the state (its finalizers may run Python), as a
+            // bound reference: a plain decref, no check of the GIL state per item.
+            match item {
+                Ready::Call(h) => drop(h.into_bound(py)),
+                Ready::Read(t) | Ready::Write(t) => drop(t.into_bound(py)),
+                Ready::DatagramRead(t) | Ready::DatagramWrite(t) => drop(t.into_bound(py)),
+                Ready::Sock(w) => drop(w.into_bound(py)),
+            }
             if let Err(e) = r {
                 result = Err(e);
                 break;
@@ -385,23 +391,12 @@ impl LoopCore {
         }
         // On an escaping exception (KeyboardInterrupt, SystemExit) the callbacks not run yet
         // stay first in line, as in asyncio.
-        let rest: Vec<Ready> = batch.drain(ran..).collect();
-        // Dropping the run handles may run finalizers: done here, outside the state (as bound
-        // references: a plain decref, no check of the GIL state per handle).
-        for item in batch.drain(..) {
-            match item {
-                Ready::Call(h) => drop(h.into_bound(py)),
-                Ready::Read(t) | Ready::Write(t) => drop(t.into_bound(py)),
-                Ready::DatagramRead(t) | Ready::DatagramWrite(t) => drop(t.into_bound(py)),
-                Ready::Sock(w) => drop(w.into_bound(py)),
-            }
-        }
         this.state.with(py, |s| {
-            for item in rest.into_iter().rev() {
+            while let Some(item) = batch.pop_back() {
                 s.ready.push_front(item);
             }
-            if s.batch.capacity() < batch.capacity() {
-                s.batch = batch;
+            if s.spare.capacity() < batch.capacity() {
+                s.spare = batch;
             }
             if s.read_buf.capacity() < read_buf.capacity() {
                 s.read_buf = read_buf;
@@ -667,7 +662,7 @@ impl LoopCore {
                 debug: false,
                 polling: false,
                 thread_id: 0,
-                batch: Vec::new(),
+                spare: ReadyQueue::new(),
                 read_buf: Vec::new(),
                 task_factory: None,
             }),

@@ -195,9 +195,16 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
     let result = if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
         Err(PyErr::fetch(py))
     } else {
-        // SAFETY: `cb` and `args` are owned references kept alive across the call; a NULL
-        // result means an exception is set, which is fetched right away.
-        let res = unsafe { ffi::PyObject_Call(cb.as_ptr(), args.as_ptr(), std::ptr::null_mut()) };
+        // SAFETY: `cb` and `args` are owned references kept alive across the call (the tuple
+        // keeps its items alive); a NULL result means an exception is set, fetched right away.
+        // No or one argument (task steps, future callbacks) go through vectorcall directly.
+        let res = unsafe {
+            match ffi::PyTuple_GET_SIZE(args.as_ptr()) {
+                0 => ffi::PyObject_CallNoArgs(cb.as_ptr()),
+                1 => ffi::PyObject_CallOneArg(cb.as_ptr(), ffi::PyTuple_GET_ITEM(args.as_ptr(), 0)),
+                _ => ffi::PyObject_Call(cb.as_ptr(), args.as_ptr(), std::ptr::null_mut()),
+            }
+        };
         let out = if res.is_null() {
             Err(PyErr::fetch(py))
         } else {
