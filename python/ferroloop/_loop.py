@@ -43,6 +43,22 @@ def _logger() -> logging.Logger:
     return base_events.logger
 
 
+# Python 3.12+ runs a custom exception handler in the context of the failing task, future or
+# handle; 3.11 calls it directly. ferroloop does what the running version's asyncio does.
+_HANDLER_IN_CONTEXT = sys.version_info >= (3, 12)
+
+
+def _context_of(context: dict[str, Any]) -> Any:
+    thing = context.get("task")
+    if thing is None:
+        thing = context.get("future")  # may hold a Task, which has a context
+    if thing is None:
+        thing = context.get("handle")
+    get_context = getattr(thing, "get_context", None)
+    ctx = get_context() if get_context is not None else None
+    return ctx if hasattr(ctx, "run") else None
+
+
 def _run_until_complete_cb(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         exc = fut.exception()
@@ -259,7 +275,11 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
                 _logger().error("Exception in default exception handler", exc_info=True)
             return
         try:
-            handler(self, context)
+            ctx = _context_of(context) if _HANDLER_IN_CONTEXT else None
+            if ctx is not None:
+                ctx.run(handler, self, context)
+            else:
+                handler(self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
