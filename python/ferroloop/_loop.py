@@ -113,6 +113,9 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
         self._ssock: socket.socket | None = None
         self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._child_pidfds: dict[int, int] = {}
+        # Unix server sockets create_unix_server bound, by socket (Python 3.13+ records them
+        # to remove the socket file when the server closes).
+        self._unix_server_sockets: dict[socket.socket, int] = {}
         self._csock: socket.socket | None = None
         self.slow_callback_duration = 0.1
         self.set_debug(coroutines._is_debug_mode())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ipaddress
+import os
 import socket
 import threading
 from asyncio import base_events, futures, selector_events, unix_events
@@ -58,7 +59,6 @@ BORROWED: dict[type, tuple[str, ...]] = {
         "_accept_connection",
         "_accept_connection2",
         "_start_serving",
-        "_stop_serving",
         "sock_recvfrom",
         "_sock_recvfrom",
         "sock_recvfrom_into",
@@ -185,6 +185,27 @@ class NetworkingMixin:
             return
         loop._ensure_fd_no_transport(fd)
         await loop._sock_sendall_wait(sock, fd, view, n)
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        """Stop accepting on a server socket and close it; a Unix server socket that
+        ``create_unix_server`` bound (Python 3.13+ records them) also loses its file, unless
+        another socket has replaced it meanwhile."""
+        loop: Any = self
+        bound = getattr(loop, "_unix_server_sockets", None)
+        path = sock.getsockname() if bound and sock in bound else None
+        loop._remove_reader(sock.fileno())
+        sock.close()
+        if path is not None:
+            inode = bound.pop(sock)
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                base_events.logger.error(
+                    "Unable to clean up listening UNIX socket %r: %r", path, err
+                )
 
     async def getaddrinfo(
         self,

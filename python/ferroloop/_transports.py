@@ -46,6 +46,12 @@ _NATIVE_METHODS = (
 )
 
 
+# asyncio.Server tracks its transports from Python 3.13 on (_attach/_detach take the
+# transport); before, it only counts them.
+def _server_hook_args(transport: Any) -> tuple[Any, ...]:
+    return (transport,) if sys.version_info >= (3, 13) else ()
+
+
 def _logger() -> Any:
     return base_events.logger
 
@@ -202,7 +208,7 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
         self._bind_native(StreamTransport(loop, self._sock_fd, self), _NATIVE_METHODS)
         self.set_protocol(protocol)
         if server is not None:
-            server._attach()
+            server._attach(*_server_hook_args(self))
         loop._transports[self._sock_fd] = self
         base_events._set_nodelay(sock)
         self._announce(loop, protocol, waiter)
@@ -220,7 +226,7 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
     def _after_connection_lost(self) -> None:
         server = self._server
         if server is not None:
-            server._detach()
+            server._detach(*_server_hook_args(self))
             self._server = None
 
 
