@@ -13,14 +13,23 @@ import contextvars
 import gc
 import logging
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
+from net_support import (  # noqa: F401  (fixtures, made visible to pytest by the import)
+    TIMEOUT,
+    Closer,
+    closer_fixture,
+    collect_garbage,
+    frozen_heap,
+    needs_ipv6,
+    run,
+    settle,
+    tmpdir_short_fixture,
+)
 
 pytestmark = [
     pytest.mark.timeout(20),
@@ -28,31 +37,8 @@ pytestmark = [
     pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-TIMEOUT = 5.0
 LOCAL = ("127.0.0.1", 0)
 SEND_EMPTY = sys.version_info >= (3, 13)
-
-
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HAS_IPV6 = _has_ipv6()
-needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
-
-
-def run(loop: asyncio.AbstractEventLoop, coro, timeout: float = TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-async def settle(rounds: int = 5) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 async def until(predicate: Callable[[], object], timeout: float = TIMEOUT) -> None:
@@ -62,49 +48,6 @@ async def until(predicate: Callable[[], object], timeout: float = TIMEOUT) -> No
         if loop.time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.005)
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    # Torn down after the loop fixture: unclosed sockets/transports surface here as errors.
-    yield
-    gc.collect()
-
-
-class Closer:
-    """Closes sockets and transports at the end of a test, whatever happened."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: list = []
-
-    def __call__(self, obj):
-        self.items.append(obj)
-        return obj
-
-    def close_all(self) -> None:
-        for obj in reversed(self.items):
-            if isinstance(obj, socket.socket):
-                obj.close()
-            elif not obj.is_closing():
-                obj.abort()
-        if not self.loop.is_closed() and not self.loop.is_running():
-            self.loop.run_until_complete(settle())
-
-
-@pytest.fixture
-def closer(loop) -> Iterator[Closer]:
-    c = Closer(loop)
-    yield c
-    c.close_all()
-
-
-@pytest.fixture
-def tmpdir_short() -> Iterator[str]:
-    # AF_UNIX paths are limited to ~108 bytes: keep them short.
-    d = tempfile.mkdtemp(prefix="fl")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 class Recorder(asyncio.DatagramProtocol):
