@@ -24,12 +24,8 @@ from typing import Any
 from ._ferroloop import DatagramTransport as _DatagramCore
 from ._ferroloop import StreamTransport
 
-# Methods served by the native core, bound per instance.
-_NATIVE_METHODS = (
-    "write",
-    "writelines",
-    "write_eof",
-    "can_write_eof",
+# Methods every native transport core serves, bound per instance (see _NativeFace).
+_NATIVE_COMMON = (
     "close",
     "abort",
     "is_closing",
@@ -41,6 +37,15 @@ _NATIVE_METHODS = (
     "set_write_buffer_limits",
     "get_protocol",
     "_force_close",
+)
+
+# ...plus, for stream sockets:
+_NATIVE_METHODS = (
+    *_NATIVE_COMMON,
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
     "_make_empty_waiter",
     "_reset_empty_waiter",
 )
@@ -230,21 +235,8 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
             self._server = None
 
 
-# Methods served by the native datagram core, bound per instance.
-_NATIVE_DATAGRAM_METHODS = (
-    "sendto",
-    "close",
-    "abort",
-    "is_closing",
-    "is_reading",
-    "pause_reading",
-    "resume_reading",
-    "get_write_buffer_size",
-    "get_write_buffer_limits",
-    "set_write_buffer_limits",
-    "get_protocol",
-    "_force_close",
-)
+# ...and for datagram sockets.
+_NATIVE_DATAGRAM_METHODS = (*_NATIVE_COMMON, "sendto")
 
 # asyncio 3.13 sends empty datagrams (earlier versions drop them) and counts a header of 8
 # bytes per queued datagram in the write buffer size.
