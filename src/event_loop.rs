@@ -39,7 +39,8 @@ use crate::clock;
 use crate::errors::os_error;
 use crate::gilcell::GilCell;
 use crate::handles::{
-    cancel_handle, is_cancelled, release_after_error, run_handle, Handle, RunOutcome, TimerHandle,
+    cancel_handle, is_cancelled, release_after_error, run_handle, Handle, NewHandle, RunOutcome,
+    TimerHandle,
 };
 use crate::pyhelpers;
 use crate::reactor::{event_is_readable, event_is_writable, Io, Reactor, READABLE};
@@ -186,7 +187,7 @@ fn make_handle(
     context: Option<&Bound<'_, PyAny>>,
     debug: bool,
     persistent: bool,
-) -> PyResult<Handle> {
+) -> PyResult<NewHandle> {
     let ctx: PyObject = match context {
         Some(c) if !c.is_none() => c.clone().unbind(),
         _ => {
@@ -204,18 +205,20 @@ fn make_handle(
     } else {
         None
     };
-    Ok(Handle::new(
-        callback.clone().unbind(),
-        args.clone().unbind(),
-        ctx,
-        tb,
-        debug,
-        persistent,
-    ))
+    Ok(NewHandle {
+        handle: Handle::new(
+            callback.clone().unbind(),
+            args.clone().unbind(),
+            ctx,
+            debug,
+            persistent,
+        ),
+        source_traceback: tb,
+    })
 }
 
 fn set_unscheduled(py: Python<'_>, h: &Py<Handle>) {
-    let _ = h.get().state.try_with(py, |s| s.scheduled = false);
+    h.get().set_scheduled(py, false);
 }
 
 /// Reports a callback's exception the way asyncio's `Handle._run` does, through the Python
@@ -451,7 +454,7 @@ impl LoopCore {
             "call_soon"
         };
         check_callback(py, callback, method, debug)?;
-        let h = Py::new(py, make_handle(py, callback, args, context, debug, false)?)?;
+        let h = make_handle(py, callback, args, context, debug, false)?.into_py(py)?;
         let queued = h.clone_ref(py);
         this.state.with(py, |s| s.push_ready(queued))?;
         Ok(h)
@@ -466,7 +469,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
         let debug = self.state.with(py, |s| s.schedule_checks(false))??;
-        let h = Py::new(py, make_handle(py, callback, args, None, debug, false)?)?;
+        let h = make_handle(py, callback, args, None, debug, false)?.into_py(py)?;
         self.state.with(py, |s| s.push_ready(h))
     }
 
@@ -602,7 +605,7 @@ impl LoopCore {
         let debug = this.state.with(py, |s| s.schedule_checks(false))??;
         let method = if write { "add_writer" } else { "add_reader" };
         check_callback(py, callback, method, debug)?;
-        let h = Py::new(py, make_handle(py, callback, args, None, debug, true)?)?;
+        let h = make_handle(py, callback, args, None, debug, true)?.into_py(py)?;
         let registered = Io::Handle(h.clone_ref(py));
         match this
             .state
@@ -922,7 +925,7 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let debug = slf.get().state.with(py, |s| s.debug)?;
-        Py::new(py, make_handle(py, callback, args, None, debug, true)?)
+        make_handle(py, callback, args, None, debug, true)?.into_py(py)
     }
 
     /// Queues an existing handle (asyncio's private `_add_callback`), waking a polling loop.

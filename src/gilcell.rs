@@ -1,7 +1,8 @@
 //! `GilCell`: interior mutability for native state, guarded by the GIL.
 //!
-//! The loop's and the handles' state are touched on every callback, so they avoid PyO3's
-//! per-object borrow flags (atomic read-modify-writes). Every access goes through
+//! The loop's and the transports' state is touched on every callback, so it avoids PyO3's
+//! per-object borrow flags (atomic read-modify-writes); handles use the same scheme with the
+//! busy flag packed among their own flags (`handles.rs`). Every access goes through
 //! [`GilCell::with`], which takes a `Python` token (proof that this thread holds the GIL, so no
 //! other thread can be inside at the same time) and refuses re-entrant access with a Python
 //! `RuntimeError` instead of aliasing: if code inside a `with` closure ever ended up calling

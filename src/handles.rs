@@ -12,73 +12,92 @@
 //! either: a one-shot handle gives up its callback and arguments when it runs (or is cancelled),
 //! so a cycle through a handle exists only while the loop itself holds the handle.
 //!
-//! `TimerHandle` is a subclass (so `isinstance(timer, Handle)` holds, as in asyncio) whose data
-//! lives in the shared `Handle` state: the loop's timer heap never needs to touch the subclass.
+//! Size matters here: a `Handle` is 48 bytes (object header, three references, one flag
+//! byte). At 64 bytes it shared CPython's allocator size class with the `Context` copied for
+//! every `call_soon`; handles and contexts then alternated in memory and every collection of
+//! the young generation (which walks those contexts) touched twice the cache lines. So the
+//! rarely used parts live elsewhere: a timer's deadline in the `TimerHandle` subclass, and
+//! debug-mode data (creation stack, repr at cancellation) in a side table keyed by the
+//! handle's address, removed when the handle is freed.
 
+use std::cell::{Cell, UnsafeCell};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyFloat, PyTuple};
 
-use crate::gilcell::GilCell;
 use crate::pyhelpers;
 
-/// A handle's state. Kept small (what every `call_soon` needs inline, the rest boxed in
-/// [`HandleExtra`]): thousands of pending handles stay compact in memory.
-pub struct HandleState {
+/// The references a handle holds. `None` once given up (run or cancelled).
+pub(crate) struct HandleData {
     pub(crate) callback: Option<PyObject>,
     pub(crate) args: Option<Py<PyTuple>>,
     pub(crate) context: Option<PyObject>,
-    pub(crate) cancelled: bool,
-    pub(crate) debug: bool,
-    /// Reader, writer and signal handles run many times; the others run once and then give up
-    /// their callback and arguments (see the module docs).
-    pub(crate) persistent: bool,
-    /// A timer still in the loop's heap.
-    pub(crate) scheduled: bool,
-    /// Timer and debug-mode data, absent for plain handles outside debug mode.
-    pub(crate) extra: Option<Box<HandleExtra>>,
 }
 
+const CANCELLED: u8 = 1;
+const DEBUG: u8 = 1 << 1;
+/// Reader, writer and signal handles run many times; the others run once and then give up
+/// their callback and arguments (see the module docs).
+const PERSISTENT: u8 = 1 << 2;
+/// A timer still in the loop's heap.
+const SCHEDULED: u8 = 1 << 3;
+/// `HandleData` is being accessed further up the stack (see [`Handle::with`]).
+const BUSY: u8 = 1 << 4;
+/// The handle has an entry in the debug side table.
+const HAS_EXTRA: u8 = 1 << 5;
+
+/// Debug-mode data, kept out of the handle itself (see the module docs).
 #[derive(Default)]
-pub struct HandleExtra {
-    /// Where the handle was created (debug mode only), as `traceback.StackSummary`.
-    pub(crate) source_traceback: Option<PyObject>,
+struct HandleExtra {
+    /// Where the handle was created, as `traceback.StackSummary`.
+    source_traceback: Option<PyObject>,
     /// In debug mode asyncio keeps the handle's repr from the moment it was cancelled.
-    pub(crate) repr_at_cancel: Option<PyObject>,
-    pub(crate) timer: Option<TimerPart>,
+    repr_at_cancel: Option<PyObject>,
 }
 
-pub struct TimerPart {
-    pub(crate) when: f64,
-    /// Shared with the loop: how many scheduled timers were cancelled (heap compaction).
-    pub(crate) cancelled_timers: Arc<AtomicUsize>,
+/// Side table of [`HandleExtra`], keyed by the address of the `Handle` inside its Python
+/// object (stable for the object's life). Only debug-mode handles have entries.
+static EXTRAS: Mutex<BTreeMap<usize, HandleExtra>> = Mutex::new(BTreeMap::new());
+
+fn extras() -> std::sync::MutexGuard<'static, BTreeMap<usize, HandleExtra>> {
+    // A panic while the lock was held cannot leave the map inconsistent (single operations).
+    EXTRAS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl HandleState {
-    fn extra_mut(&mut self) -> &mut HandleExtra {
-        self.extra.get_or_insert_with(Box::default)
-    }
-
-    fn source_traceback(&self) -> Option<&PyObject> {
-        self.extra.as_ref()?.source_traceback.as_ref()
-    }
-
-    fn repr_at_cancel(&self) -> Option<&PyObject> {
-        self.extra.as_ref()?.repr_at_cancel.as_ref()
-    }
-
-    fn timer(&self) -> Option<&TimerPart> {
-        self.extra.as_ref()?.timer.as_ref()
-    }
+/// Number of handles with debug-mode data still alive (tests check it returns to zero).
+#[pyfunction]
+pub fn _handle_extras_count() -> usize {
+    extras().len()
 }
 
 #[pyclass(subclass, frozen, module = "ferroloop", name = "Handle")]
 pub struct Handle {
-    pub(crate) state: GilCell<HandleState>,
+    flags: Cell<u8>,
+    data: UnsafeCell<HandleData>,
+}
+
+// SAFETY: `flags` and `data` are only read or written by code holding the GIL (every accessor
+// takes a `Python` token or runs from a Python method or tp_dealloc), which serializes all
+// threads that could reach them; the GIL's release/acquire orders the memory accesses.
+unsafe impl Sync for Handle {}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if self.flags.get() & HAS_EXTRA != 0 {
+            let key = self as *const Handle as usize;
+            // Taken out under the lock, released after it (finalizers may run Python code).
+            let entry = extras().remove(&key);
+            drop(entry);
+        }
+    }
 }
 
 impl Handle {
@@ -86,73 +105,169 @@ impl Handle {
         callback: PyObject,
         args: Py<PyTuple>,
         context: PyObject,
-        source_traceback: Option<PyObject>,
         debug: bool,
         persistent: bool,
     ) -> Self {
+        let mut flags = 0;
+        if debug {
+            flags |= DEBUG;
+        }
+        if persistent {
+            flags |= PERSISTENT;
+        }
         Handle {
-            state: GilCell::new(HandleState {
+            flags: Cell::new(flags),
+            data: UnsafeCell::new(HandleData {
                 callback: Some(callback),
                 args: Some(args),
                 context: Some(context),
-                cancelled: false,
-                debug,
-                persistent,
-                scheduled: false,
-                extra: source_traceback.map(|tb| {
-                    Box::new(HandleExtra {
-                        source_traceback: Some(tb),
-                        ..HandleExtra::default()
-                    })
-                }),
             }),
         }
+    }
+
+    #[inline]
+    fn has(&self, flag: u8) -> bool {
+        self.flags.get() & flag != 0
+    }
+
+    #[inline]
+    fn set(&self, flag: u8, on: bool) {
+        let f = self.flags.get();
+        self.flags.set(if on { f | flag } else { f & !flag });
+    }
+
+    /// Runs `f` with exclusive access to the handle's references. Fails (without running `f`)
+    /// if they are already being accessed further up this thread's stack. `f` must not call
+    /// into Python (nor drop references: hand them back to drop afterwards).
+    #[inline]
+    pub(crate) fn with<R>(
+        &self,
+        _py: Python<'_>,
+        f: impl FnOnce(&mut HandleData) -> R,
+    ) -> PyResult<R> {
+        if self.has(BUSY) {
+            return Err(PyRuntimeError::new_err(
+                "ferroloop: native state re-entered while it was being updated",
+            ));
+        }
+        self.set(BUSY, true);
+        struct Release<'a>(&'a Handle);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.set(BUSY, false);
+            }
+        }
+        let _release = Release(self);
+        // SAFETY: BUSY was clear and is now set until `_release` drops (also on unwind), so
+        // no other reference to the data exists; the `Python` token proves the GIL is held,
+        // so no other thread can pass the BUSY check concurrently.
+        let data = unsafe { &mut *self.data.get() };
+        Ok(f(data))
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.has(CANCELLED)
+    }
+
+    pub(crate) fn set_scheduled(&self, _py: Python<'_>, on: bool) {
+        self.set(SCHEDULED, on);
+    }
+
+    /// For the timer heap: true (and the timer marked unscheduled) if it was cancelled.
+    pub(crate) fn take_if_cancelled(&self, _py: Python<'_>) -> bool {
+        let cancelled = self.has(CANCELLED);
+        if cancelled {
+            self.set(SCHEDULED, false);
+        }
+        cancelled
+    }
+
+    /// Attaches the creation stack (debug mode). Call once the handle is in its Python object.
+    fn attach_traceback(&self, _py: Python<'_>, tb: PyObject) {
+        let key = self as *const Handle as usize;
+        let old = extras()
+            .entry(key)
+            .or_default()
+            .source_traceback
+            .replace(tb);
+        self.set(HAS_EXTRA, true);
+        drop(old);
+    }
+
+    fn set_repr_at_cancel(&self, _py: Python<'_>, repr: PyObject) {
+        let key = self as *const Handle as usize;
+        let old = extras()
+            .entry(key)
+            .or_default()
+            .repr_at_cancel
+            .replace(repr);
+        self.set(HAS_EXTRA, true);
+        drop(old);
+    }
+
+    fn extra_field(
+        &self,
+        py: Python<'_>,
+        field: impl FnOnce(&HandleExtra) -> Option<&PyObject>,
+    ) -> Option<PyObject> {
+        if !self.has(HAS_EXTRA) {
+            return None;
+        }
+        let key = self as *const Handle as usize;
+        let map = extras();
+        map.get(&key).and_then(field).map(|o| o.clone_ref(py))
+    }
+}
+
+/// A handle built but not yet in its Python object: debug data can only be attached once the
+/// handle has its final address.
+pub(crate) struct NewHandle {
+    pub(crate) handle: Handle,
+    pub(crate) source_traceback: Option<PyObject>,
+}
+
+impl NewHandle {
+    pub(crate) fn into_py(self, py: Python<'_>) -> PyResult<Py<Handle>> {
+        let NewHandle {
+            handle,
+            source_traceback,
+        } = self;
+        let h = Py::new(py, handle)?;
+        if let Some(tb) = source_traceback {
+            h.get().attach_traceback(py, tb);
+        }
+        Ok(h)
     }
 }
 
 type Released = (Option<PyObject>, Option<Py<PyTuple>>);
 
-impl HandleState {
-    /// Marks the handle cancelled and gives up what it holds. The caller drops the returned
-    /// references after leaving the cell (their finalizers may run Python code).
-    fn cancel(&mut self) -> Released {
-        if self.cancelled {
-            return (None, None);
-        }
-        self.cancelled = true;
-        if self.scheduled {
-            if let Some(t) = self.timer() {
-                t.cancelled_timers.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        (self.callback.take(), self.args.take())
-    }
-}
-
-pub(crate) fn is_cancelled(py: Python<'_>, h: &Py<Handle>) -> bool {
-    h.get().state.try_with(py, |s| s.cancelled).unwrap_or(false)
+pub(crate) fn is_cancelled(_py: Python<'_>, h: &Py<Handle>) -> bool {
+    h.get().is_cancelled()
 }
 
 /// Cancels a handle (asyncio's `Handle.cancel`).
 pub(crate) fn cancel_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<()> {
-    let (cancelled, debug) = h.get().state.with(py, |s| (s.cancelled, s.debug))?;
-    if cancelled {
+    let this = h.get();
+    if this.has(CANCELLED) {
         return Ok(());
     }
-    // In debug mode asyncio remembers the repr of a cancelled handle, for error messages.
-    let repr = if debug {
-        Some(pyhelpers::format_handle(py, h.as_any())?)
+    this.set(CANCELLED, true);
+    // In debug mode asyncio remembers the repr of a cancelled handle (it says "cancelled"
+    // and still names the callback), for later error messages.
+    let formatted = if this.has(DEBUG) {
+        pyhelpers::format_handle(py, h.as_any()).map(|repr| this.set_repr_at_cancel(py, repr))
     } else {
-        None
+        Ok(())
     };
-    let released = h.get().state.with(py, |s| {
-        if repr.is_some() {
-            s.extra_mut().repr_at_cancel = repr;
+    let released: Released = this.with(py, |d| (d.callback.take(), d.args.take()))?;
+    if this.has(SCHEDULED) {
+        if let Ok(timer) = h.downcast::<TimerHandle>() {
+            timer.get().cancelled_timers.fetch_add(1, Ordering::Relaxed);
         }
-        s.cancel()
-    })?;
+    }
     drop(released);
-    Ok(())
+    formatted
 }
 
 /// What running a handle produced.
@@ -166,22 +281,24 @@ pub(crate) enum RunOutcome {
 
 /// Runs a handle: enter its context, call `callback(*args)`, leave the context.
 pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunOutcome> {
+    let this = h.get();
+    if this.has(CANCELLED) {
+        return Ok(RunOutcome::Done);
+    }
     // One-shot handles hand their callback and arguments over (no reference count traffic);
-    // persistent ones lend clones.
-    let taken = h.get().state.with(py, |s| {
-        if s.cancelled {
-            return None;
-        }
-        let ctx = s.context.as_ref()?.clone_ref(py);
-        // Debug mode keeps the callback until the slow-callback check has formatted it.
-        if s.persistent || s.debug {
+    // persistent ones lend clones. Debug mode keeps the callback until the slow-callback check
+    // has formatted it.
+    let lend = this.has(PERSISTENT | DEBUG);
+    let taken = this.with(py, |d| {
+        let ctx = d.context.as_ref()?.clone_ref(py);
+        if lend {
             Some((
-                s.callback.as_ref()?.clone_ref(py),
-                s.args.as_ref()?.clone_ref(py),
+                d.callback.as_ref()?.clone_ref(py),
+                d.args.as_ref()?.clone_ref(py),
                 ctx,
             ))
         } else {
-            Some((s.callback.take()?, s.args.take()?, ctx))
+            Some((d.callback.take()?, d.args.take()?, ctx))
         }
     })?;
     let Some((cb, args, ctx)) = taken else {
@@ -225,12 +342,14 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
         Ok(()) => Ok(RunOutcome::Done),
         Err(err) => {
             // Give the callback back so the report (message, repr) can name it.
-            let _ = h.get().state.with(py, |s| {
-                if s.callback.is_none() && !s.cancelled {
-                    s.callback = Some(cb.unbind());
-                    s.args = Some(args.unbind());
-                }
-            });
+            if !this.has(CANCELLED) {
+                let _ = this.with(py, |d| {
+                    if d.callback.is_none() {
+                        d.callback = Some(cb.unbind());
+                        d.args = Some(args.unbind());
+                    }
+                });
+            }
             Ok(RunOutcome::Raised(err))
         }
     }
@@ -239,13 +358,11 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
 /// After a one-shot handle's error was reported (or, in debug mode, after it ran and was
 /// checked for slowness), release its callback and arguments.
 pub(crate) fn release_after_error(py: Python<'_>, h: &Bound<'_, Handle>) {
-    let released = h.get().state.try_with(py, |s| {
-        if s.persistent {
-            (None, None)
-        } else {
-            (s.callback.take(), s.args.take())
-        }
-    });
+    let this = h.get();
+    if this.has(PERSISTENT) {
+        return;
+    }
+    let released: Option<Released> = this.with(py, |d| (d.callback.take(), d.args.take())).ok();
     drop(released);
 }
 
@@ -259,12 +376,12 @@ impl Handle {
         cancel_handle(slf.py(), slf)
     }
 
-    fn cancelled(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.cancelled)
+    fn cancelled(&self) -> bool {
+        self.has(CANCELLED)
     }
 
     fn get_context(&self, py: Python<'_>) -> PyResult<PyObject> {
-        self.state.with(py, |s| opt(py, &s.context))
+        self.with(py, |d| opt(py, &d.context))
     }
 
     /// Runs the callback now. The loop reports errors to its exception handler; a direct
@@ -281,21 +398,21 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> PyResult<PyObject> {
-        self.state.with(py, |s| opt(py, &s.callback))
+        self.with(py, |d| opt(py, &d.callback))
     }
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> PyResult<PyObject> {
-        self.state.with(py, |s| {
-            s.args
+        self.with(py, |d| {
+            d.args
                 .as_ref()
                 .map_or_else(|| py.None(), |c| c.clone_ref(py).into_any())
         })
     }
 
     #[getter]
-    fn _cancelled(&self, py: Python<'_>) -> PyResult<bool> {
-        self.cancelled(py)
+    fn _cancelled(&self) -> bool {
+        self.has(CANCELLED)
     }
 
     #[getter]
@@ -304,19 +421,15 @@ impl Handle {
     }
 
     #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> PyResult<PyObject> {
-        self.state.with(py, |s| {
-            s.source_traceback()
-                .map_or_else(|| py.None(), |t| t.clone_ref(py))
-        })
+    fn _source_traceback(&self, py: Python<'_>) -> PyObject {
+        self.extra_field(py, |e| e.source_traceback.as_ref())
+            .unwrap_or_else(|| py.None())
     }
 
     #[getter]
-    fn _repr(&self, py: Python<'_>) -> PyResult<PyObject> {
-        self.state.with(py, |s| {
-            s.repr_at_cancel()
-                .map_or_else(|| py.None(), |r| r.clone_ref(py))
-        })
+    fn _repr(&self, py: Python<'_>) -> PyObject {
+        self.extra_field(py, |e| e.repr_at_cancel.as_ref())
+            .unwrap_or_else(|| py.None())
     }
 
     /// `asyncio.Handle`, so that `isinstance(handle, asyncio.Handle)` holds as the asyncio
@@ -328,11 +441,7 @@ impl Handle {
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
         let py = slf.py();
-        let cached = slf
-            .get()
-            .state
-            .with(py, |s| s.repr_at_cancel().map(|r| r.clone_ref(py)))?;
-        match cached {
+        match slf.get().extra_field(py, |e| e.repr_at_cancel.as_ref()) {
             Some(r) => Ok(r),
             None => pyhelpers::format_handle(py, slf.as_any()),
         }
@@ -341,38 +450,44 @@ impl Handle {
 
 /// `asyncio.TimerHandle`'s counterpart: a handle with a deadline.
 #[pyclass(extends = Handle, frozen, module = "ferroloop", name = "TimerHandle")]
-pub struct TimerHandle;
+pub struct TimerHandle {
+    when: f64,
+    /// Shared with the loop: how many scheduled timers were cancelled (heap compaction).
+    cancelled_timers: Arc<AtomicUsize>,
+}
 
 impl TimerHandle {
     pub(crate) fn create(
         py: Python<'_>,
-        base: Handle,
+        base: NewHandle,
         when: f64,
         counter: Arc<AtomicUsize>,
     ) -> PyResult<Py<Handle>> {
-        base.state.with(py, |s| {
-            s.scheduled = true;
-            s.extra_mut().timer = Some(TimerPart {
-                when,
-                cancelled_timers: counter,
-            });
-        })?;
-        let init = PyClassInitializer::from(base).add_subclass(TimerHandle);
+        let NewHandle {
+            handle,
+            source_traceback,
+        } = base;
+        handle.set(SCHEDULED, true);
+        let init = PyClassInitializer::from(handle).add_subclass(TimerHandle {
+            when,
+            cancelled_timers: counter,
+        });
         let obj = Bound::new(py, init)?;
-        Ok(obj.into_super().unbind())
+        let h = obj.into_super().unbind();
+        if let Some(tb) = source_traceback {
+            h.get().attach_traceback(py, tb);
+        }
+        Ok(h)
     }
 }
 
-fn when_of(h: &Bound<'_, TimerHandle>) -> PyResult<f64> {
-    h.as_super()
-        .get()
-        .state
-        .with(h.py(), |s| s.timer().map_or(f64::NAN, |t| t.when))
+fn when_of(h: &Bound<'_, TimerHandle>) -> f64 {
+    h.get().when
 }
 
 #[pymethods]
 impl TimerHandle {
-    fn when(slf: &Bound<'_, Self>) -> PyResult<f64> {
+    fn when(slf: &Bound<'_, Self>) -> f64 {
         when_of(slf)
     }
 
@@ -386,18 +501,18 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _when(slf: &Bound<'_, Self>) -> PyResult<f64> {
+    fn _when(slf: &Bound<'_, Self>) -> f64 {
         when_of(slf)
     }
 
     #[getter]
-    fn _scheduled(slf: &Bound<'_, Self>) -> PyResult<bool> {
-        slf.as_super().get().state.with(slf.py(), |s| s.scheduled)
+    fn _scheduled(slf: &Bound<'_, Self>) -> bool {
+        slf.as_super().get().has(SCHEDULED)
     }
 
     fn __hash__(slf: &Bound<'_, Self>) -> PyResult<isize> {
         // Same hash as the float `when`, like asyncio's `hash(self._when)`.
-        PyFloat::new(slf.py(), when_of(slf)?).hash()
+        PyFloat::new(slf.py(), when_of(slf)).hash()
     }
 
     fn __richcmp__(
@@ -409,7 +524,7 @@ impl TimerHandle {
         let Ok(other) = other.downcast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
         };
-        let (a, b) = (when_of(slf)?, when_of(other)?);
+        let (a, b) = (when_of(slf), when_of(other));
         let res = match op {
             CompareOp::Lt => a < b,
             CompareOp::Le => a <= b,
@@ -417,15 +532,16 @@ impl TimerHandle {
             CompareOp::Ge => a >= b,
             CompareOp::Eq | CompareOp::Ne => {
                 let parts = |h: &Bound<'_, TimerHandle>| {
-                    h.as_super().get().state.with(py, |s| {
+                    let base = h.as_super().get();
+                    base.with(py, |d| {
                         (
-                            opt(py, &s.callback),
-                            s.args
+                            opt(py, &d.callback),
+                            d.args
                                 .as_ref()
                                 .map_or_else(|| py.None(), |c| c.clone_ref(py).into_any()),
-                            s.cancelled,
                         )
                     })
+                    .map(|(cb, args)| (cb, args, base.has(CANCELLED)))
                 };
                 let (cb_a, args_a, c_a) = parts(slf)?;
                 let (cb_b, args_b, c_b) = parts(other)?;

@@ -36,6 +36,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(m.py())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_function(wrap_pyfunction!(handles::_handle_extras_count, m)?)?;
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sockops::SockWaiter>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;

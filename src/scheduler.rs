@@ -122,15 +122,7 @@ impl TimerHeap {
 
 /// True (and the timer marked unscheduled) if the timer was cancelled.
 fn take_if_cancelled(py: Python<'_>, h: &Py<Handle>) -> bool {
-    h.get()
-        .state
-        .try_with(py, |s| {
-            if s.cancelled {
-                s.scheduled = false;
-            }
-            s.cancelled
-        })
-        .unwrap_or(false)
+    h.get().take_if_cancelled(py)
 }
 
 /// One unit of work for the current iteration: a callback, or a native transport's reaction

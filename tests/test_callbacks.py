@@ -300,3 +300,40 @@ def test_call_exception_handler_directly(loop):
     loop.set_exception_handler(lambda lp, ctx: got.append((lp, ctx)))
     loop.call_exception_handler({"message": "hello"})
     assert got == [(loop, {"message": "hello"})]
+
+
+def test_debug_handles_keep_traceback_and_cancel_repr(loop):
+    # Debug mode: every handle records where it was created, and a cancelled one keeps the
+    # repr it had when cancelled (asyncio's _repr), on plain and timer handles alike.
+    loop.set_debug(True)
+    h = loop.call_soon(print, "x")
+    t = loop.call_later(10, print, "y")
+    assert h._source_traceback and t._source_traceback
+    assert "test_callbacks.py" in h._source_traceback[-1].filename
+    h.cancel()
+    t.cancel()
+    assert "print" in repr(h) and "cancelled" in repr(h)
+    assert "print" in repr(t) and "cancelled" in repr(t)
+    assert h._callback is None and t._callback is None
+    loop.run_until_complete(asyncio.sleep(0))
+
+
+def test_debug_handle_data_freed_with_the_handle(ferroloop_loop):
+    # ferroloop keeps debug-mode handle data in a side table; it must not outlive the handles.
+    import gc
+
+    from ferroloop import _ferroloop
+
+    gc.collect()
+    before = _ferroloop._handle_extras_count()
+    ferroloop_loop.set_debug(True)
+    handles = [ferroloop_loop.call_soon(print) for _ in range(10)]
+    handles += [ferroloop_loop.call_later(10, print) for _ in range(10)]
+    for h in handles[::2]:
+        h.cancel()
+    assert _ferroloop._handle_extras_count() == before + 20
+    ferroloop_loop.set_debug(False)
+    ferroloop_loop.close()
+    del handles, h
+    gc.collect()
+    assert _ferroloop._handle_extras_count() == before

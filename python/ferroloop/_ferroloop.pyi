@@ -41,6 +41,9 @@ class TimerHandle(Handle):
     def __ge__(self, other: TimerHandle) -> bool: ...
     def __hash__(self) -> int: ...
 
+def _handle_extras_count() -> int:
+    """How many handles hold debug-mode data (creation stack, repr at cancel) right now."""
+
 class LoopCore:
     """The native half of ``ferroloop.Loop``: queues, timers, reactor, iteration."""
 
