@@ -39,8 +39,8 @@ use crate::clock;
 use crate::errors::os_error;
 use crate::gilcell::GilCell;
 use crate::handles::{
-    cancel_handle, is_cancelled, release_after_error, run_handle, Handle, NewHandle, RunOutcome,
-    TimerHandle,
+    cancel_handle, is_cancelled, release_after_debug_check, run_handle, Handle, LightCall,
+    NewHandle, RunOutcome, TimerHandle,
 };
 use crate::pyhelpers;
 use crate::reactor::{event_is_readable, event_is_writable, Io, Reactor, READABLE};
@@ -105,7 +105,11 @@ impl LoopState {
     }
 
     fn push_ready(&mut self, h: Py<Handle>) {
-        self.ready.push_back(Ready::Call(h));
+        self.push(Ready::Call(h));
+    }
+
+    fn push(&mut self, item: Ready) {
+        self.ready.push_back(item);
         if self.polling {
             self.waker.wake();
         }
@@ -223,7 +227,9 @@ fn set_unscheduled(py: Python<'_>, h: &Py<Handle>) {
 
 /// Reports a callback's exception the way asyncio's `Handle._run` does, through the Python
 /// side's `_report_callback_error` (which builds the context dict and calls
-/// `call_exception_handler`). `KeyboardInterrupt` and `SystemExit` propagate instead.
+/// `call_exception_handler`). `KeyboardInterrupt` and `SystemExit` propagate instead. The
+/// handle keeps its callback and arguments afterwards, as asyncio's does: the handler may keep
+/// the context and describe the handle later.
 fn report_callback_error(
     slf: &Bound<'_, LoopCore>,
     handle: &Bound<'_, Handle>,
@@ -241,7 +247,6 @@ fn report_callback_error(
         )
         .map(drop)
     };
-    release_after_error(py, handle);
     res
 }
 
@@ -249,6 +254,41 @@ fn run_one(slf: &Bound<'_, LoopCore>, h: &Bound<'_, Handle>) -> PyResult<()> {
     match run_handle(slf.py(), h)? {
         RunOutcome::Done => Ok(()),
         RunOutcome::Raised(err) => report_callback_error(slf, h, err),
+    }
+}
+
+/// Releases a finished ready item right away, outside the state (its finalizers may run
+/// Python), as a bound reference: a plain decref, no check of the GIL state per item.
+#[inline]
+fn release_ready(py: Python<'_>, item: Ready) {
+    match item {
+        Ready::Call(h) => drop(h.into_bound(py)),
+        Ready::Light(call) => drop(call),
+        Ready::Read(t) | Ready::Write(t) => drop(t.into_bound(py)),
+        Ready::DatagramRead(t) | Ready::DatagramWrite(t) => drop(t.into_bound(py)),
+        Ready::Sock(w) => drop(w.into_bound(py)),
+    }
+}
+
+/// Runs a handle-less callback; errors are reported with a handle built for the occasion.
+/// In debug mode (switched on after it was queued) it becomes a handle first, for the
+/// slow-callback check.
+fn run_light(slf: &Bound<'_, LoopCore>, call: LightCall, debug: bool) -> PyResult<()> {
+    let py = slf.py();
+    if debug {
+        let h = call.into_handle(py)?;
+        return LoopCore::run_one_debug(slf, h.bind(py));
+    }
+    match call.run(py) {
+        Ok(()) => Ok(()),
+        Err((err, handle)) => {
+            if err.is_instance_of::<PyKeyboardInterrupt>(py)
+                || err.is_instance_of::<PySystemExit>(py)
+            {
+                return Err(err);
+            }
+            report_callback_error(slf, handle?.bind(py), err)
+        }
     }
 }
 
@@ -370,23 +410,24 @@ impl LoopCore {
 
         let mut result = Ok(());
         while let Some(item) = batch.pop_front() {
-            let r = match &item {
-                Ready::Call(h) if debug => Self::run_one_debug(slf, h.bind(py)),
-                Ready::Call(h) => run_one(slf, h.bind(py)),
-                Ready::Read(t) => stream::on_readable(t.bind(py), &mut read_buf),
-                Ready::Write(t) => stream::on_writable(t.bind(py)),
-                Ready::DatagramRead(t) => datagram::on_readable(t.bind(py), &mut read_buf),
-                Ready::DatagramWrite(t) => datagram::on_writable(t.bind(py)),
-                Ready::Sock(w) => sockops::on_ready(w.bind(py)),
+            let r = match item {
+                // Consumed by running it.
+                Ready::Light(call) => run_light(slf, call, debug),
+                item => {
+                    let r = match &item {
+                        Ready::Call(h) if debug => Self::run_one_debug(slf, h.bind(py)),
+                        Ready::Call(h) => run_one(slf, h.bind(py)),
+                        Ready::Read(t) => stream::on_readable(t.bind(py), &mut read_buf),
+                        Ready::Write(t) => stream::on_writable(t.bind(py)),
+                        Ready::DatagramRead(t) => datagram::on_readable(t.bind(py), &mut read_buf),
+                        Ready::DatagramWrite(t) => datagram::on_writable(t.bind(py)),
+                        Ready::Sock(w) => sockops::on_ready(w.bind(py)),
+                        Ready::Light(_) => Ok(()),
+                    };
+                    release_ready(py, item);
+                    r
+                }
             };
-            // Released right away, outside the state (its finalizers may run Python), as a
-            // bound reference: a plain decref, no check of the GIL state per item.
-            match item {
-                Ready::Call(h) => drop(h.into_bound(py)),
-                Ready::Read(t) | Ready::Write(t) => drop(t.into_bound(py)),
-                Ready::DatagramRead(t) | Ready::DatagramWrite(t) => drop(t.into_bound(py)),
-                Ready::Sock(w) => drop(w.into_bound(py)),
-            }
             if let Err(e) = r {
                 result = Err(e);
                 break;
@@ -416,12 +457,18 @@ impl LoopCore {
         }
         let _ = slf.setattr(intern!(py, "_current_handle"), hb);
         let t0 = clock::monotonic();
-        let res = run_one(slf, hb);
+        // Timed with the error report, as asyncio times `Handle._run`.
+        let res = run_handle(py, hb).and_then(|outcome| match outcome {
+            RunOutcome::Done => Ok(false),
+            RunOutcome::Raised(err) => report_callback_error(slf, hb, err).map(|()| true),
+        });
         let dt = clock::monotonic() - t0;
         let _ = slf.setattr(intern!(py, "_current_handle"), py.None());
-        res?;
+        let raised = res?;
         let checked = slf.call_method1(intern!(py, "_check_slow_callback"), (hb, dt));
-        release_after_error(py, hb);
+        if !raised {
+            release_after_debug_check(py, hb);
+        }
         checked.map(drop)
     }
 
@@ -458,6 +505,36 @@ impl LoopCore {
         let queued = h.clone_ref(py);
         this.state.with(py, |s| s.push_ready(queued))?;
         Ok(h)
+    }
+
+    /// `call_soon(callback[, arg], context=ctx)` from a caller that drops the handle unseen
+    /// (asyncio's C tasks and futures, recognised in `fastcall.rs`): the same checks, but the
+    /// callback is queued without a `Handle` object. Debug mode keeps real handles (their
+    /// creation stack and `_current_handle` are part of its reports). Returns `None`.
+    pub(crate) fn call_soon_unobserved(
+        slf: &Bound<'_, LoopCore>,
+        callback: &Bound<'_, PyAny>,
+        arg: Option<&Bound<'_, PyAny>>,
+        context: &Bound<'_, PyAny>,
+    ) -> PyResult<PyObject> {
+        let py = slf.py();
+        let this = slf.get();
+        let debug = this.state.with(py, |s| s.schedule_checks(true))??;
+        if debug {
+            let args = match arg {
+                None => PyTuple::empty(py),
+                Some(a) => PyTuple::new(py, [a])?,
+            };
+            return Ok(Self::enqueue(slf, callback, &args, Some(context), false)?.into_any());
+        }
+        check_callback(py, callback, "call_soon", false)?;
+        let call = LightCall {
+            callback: callback.clone().unbind(),
+            arg: arg.map(|a| a.clone().unbind()),
+            context: context.clone().unbind(),
+        };
+        this.state.with(py, |s| s.push(Ready::Light(call)))?;
+        Ok(py.None())
     }
 
     /// Queues `callback(*args)` in a copy of the current context, without the public API's

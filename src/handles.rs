@@ -275,7 +275,7 @@ pub(crate) enum RunOutcome {
     /// Ran (or was cancelled / empty): nothing to report.
     Done,
     /// The callback raised; the handle has its callback and arguments back so that the error
-    /// report can describe it. Call [`release_after_error`] once reported.
+    /// report can describe it (and keeps them, as asyncio's handles do).
     Raised(PyErr),
 }
 
@@ -306,38 +306,16 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
     };
     // Bound references release themselves with a plain decref (the GIL is known to be held).
     let (cb, args, ctx) = (cb.into_bound(py), args.into_bound(py), ctx.into_bound(py));
-    // SAFETY: `ctx` is a live reference owned for this whole function. A non-Context object is
-    // reported by PyContext_Enter as a TypeError (it checks the type); a context that is
-    // already entered as a RuntimeError. Either way the exception is set and fetched here.
-    let result = if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
-        Err(PyErr::fetch(py))
-    } else {
-        // SAFETY: `cb` and `args` are owned references kept alive across the call (the tuple
-        // keeps its items alive); a NULL result means an exception is set, fetched right away.
-        // No or one argument (task steps, future callbacks) go through vectorcall directly.
-        let res = unsafe {
-            match ffi::PyTuple_GET_SIZE(args.as_ptr()) {
-                0 => ffi::PyObject_CallNoArgs(cb.as_ptr()),
-                1 => ffi::PyObject_CallOneArg(cb.as_ptr(), ffi::PyTuple_GET_ITEM(args.as_ptr(), 0)),
-                _ => ffi::PyObject_Call(cb.as_ptr(), args.as_ptr(), std::ptr::null_mut()),
-            }
-        };
-        let out = if res.is_null() {
-            Err(PyErr::fetch(py))
-        } else {
-            // SAFETY: `res` is a new, non-NULL reference that we own and release here.
-            unsafe { ffi::Py_DECREF(res) };
-            Ok(())
-        };
-        // SAFETY: `ctx` was entered above on this thread and no exception is pending (any
-        // error was fetched into `out`).
-        if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } != 0 {
-            let exit_err = PyErr::fetch(py);
-            out.and(Err(exit_err))
-        } else {
-            out
+    // SAFETY: `cb` and `args` are owned references kept alive across the call (the tuple
+    // keeps its items alive). No or one argument (task steps, future callbacks) go through
+    // vectorcall directly.
+    let result = call_in_context(py, &ctx, || unsafe {
+        match ffi::PyTuple_GET_SIZE(args.as_ptr()) {
+            0 => ffi::PyObject_CallNoArgs(cb.as_ptr()),
+            1 => ffi::PyObject_CallOneArg(cb.as_ptr(), ffi::PyTuple_GET_ITEM(args.as_ptr(), 0)),
+            _ => ffi::PyObject_Call(cb.as_ptr(), args.as_ptr(), std::ptr::null_mut()),
         }
-    };
+    });
     match result {
         Ok(()) => Ok(RunOutcome::Done),
         Err(err) => {
@@ -355,9 +333,106 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
     }
 }
 
-/// After a one-shot handle's error was reported (or, in debug mode, after it ran and was
-/// checked for slowness), release its callback and arguments.
-pub(crate) fn release_after_error(py: Python<'_>, h: &Bound<'_, Handle>) {
+/// Enters `ctx`, makes the call (`call` returns a new reference or NULL with an exception
+/// set, as CPython's call functions do), leaves `ctx`: `ctx.run(...)` without the bound method.
+#[inline]
+fn call_in_context(
+    py: Python<'_>,
+    ctx: &Bound<'_, PyAny>,
+    call: impl FnOnce() -> *mut ffi::PyObject,
+) -> PyResult<()> {
+    // SAFETY: `ctx` is a live reference for this whole function. A non-Context object is
+    // reported by PyContext_Enter as a TypeError (it checks the type); a context that is
+    // already entered as a RuntimeError. Either way the exception is set and fetched here.
+    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } != 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let res = call();
+    let out = if res.is_null() {
+        Err(PyErr::fetch(py))
+    } else {
+        // SAFETY: `res` is a new, non-NULL reference that we own and release here.
+        unsafe { ffi::Py_DECREF(res) };
+        Ok(())
+    };
+    // SAFETY: `ctx` was entered above on this thread and no exception is pending (any error
+    // was fetched into `out`).
+    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } != 0 {
+        let exit_err = PyErr::fetch(py);
+        out.and(Err(exit_err))
+    } else {
+        out
+    }
+}
+
+/// A callback queued without a `Handle` object: `callback(arg)` or `callback()` in `context`.
+/// Used when the caller is known to drop the handle unseen (asyncio's C tasks and futures,
+/// see `fastcall.rs`), so nothing can cancel or inspect it. If it raises, a `Handle` is built
+/// then, for the exception handler's report.
+pub(crate) struct LightCall {
+    pub(crate) callback: PyObject,
+    pub(crate) arg: Option<PyObject>,
+    pub(crate) context: PyObject,
+}
+
+impl LightCall {
+    /// Runs the call. On an exception, returns it with an equivalent handle for the report.
+    pub(crate) fn run(self, py: Python<'_>) -> Result<(), (PyErr, PyResult<Py<Handle>>)> {
+        let LightCall {
+            callback,
+            arg,
+            context,
+        } = self;
+        let (cb, arg, ctx) = (
+            callback.into_bound(py),
+            arg.map(|a| a.into_bound(py)),
+            context.into_bound(py),
+        );
+        // SAFETY: `cb` and `arg` are owned references alive across the call.
+        let result = call_in_context(py, &ctx, || unsafe {
+            match &arg {
+                None => ffi::PyObject_CallNoArgs(cb.as_ptr()),
+                Some(a) => ffi::PyObject_CallOneArg(cb.as_ptr(), a.as_ptr()),
+            }
+        });
+        result.map_err(|err| (err, Self::rebuild(py, cb, arg, ctx)))
+    }
+
+    /// The `Handle` asyncio would have had for this call (as if just run: not cancelled).
+    pub(crate) fn into_handle(self, py: Python<'_>) -> PyResult<Py<Handle>> {
+        let LightCall {
+            callback,
+            arg,
+            context,
+        } = self;
+        Self::rebuild(
+            py,
+            callback.into_bound(py),
+            arg.map(|a| a.into_bound(py)),
+            context.into_bound(py),
+        )
+    }
+
+    fn rebuild(
+        py: Python<'_>,
+        cb: Bound<'_, PyAny>,
+        arg: Option<Bound<'_, PyAny>>,
+        ctx: Bound<'_, PyAny>,
+    ) -> PyResult<Py<Handle>> {
+        let args = match arg {
+            None => PyTuple::empty(py),
+            Some(a) => PyTuple::new(py, [a])?,
+        };
+        Py::new(
+            py,
+            Handle::new(cb.unbind(), args.unbind(), ctx.unbind(), false, false),
+        )
+    }
+}
+
+/// In debug mode, after a one-shot handle ran and was checked for slowness: release its
+/// callback and arguments (what `run_handle` does at once outside debug mode).
+pub(crate) fn release_after_debug_check(py: Python<'_>, h: &Bound<'_, Handle>) {
     let this = h.get();
     if this.has(PERSISTENT) {
         return;
@@ -389,10 +464,7 @@ impl Handle {
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
         match run_handle(slf.py(), slf)? {
             RunOutcome::Done => Ok(()),
-            RunOutcome::Raised(e) => {
-                release_after_error(slf.py(), slf);
-                Err(e)
-            }
+            RunOutcome::Raised(e) => Err(e),
         }
     }
 

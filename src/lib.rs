@@ -34,6 +34,8 @@ mod waker;
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     fastcall::install(m.py())?;
+    fastcall::add_probe(m)?;
+    m.add_function(wrap_pyfunction!(fastcall::_c_call_soon_recognised, m)?)?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_function(wrap_pyfunction!(handles::_handle_extras_count, m)?)?;

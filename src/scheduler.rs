@@ -11,7 +11,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use pyo3::prelude::*;
 
-use crate::handles::Handle;
+use crate::handles::{Handle, LightCall};
 use crate::sockops::SockWaiter;
 use crate::transports::datagram::DatagramTransport;
 use crate::transports::stream::StreamTransport;
@@ -129,6 +129,8 @@ fn take_if_cancelled(py: Python<'_>, h: &Py<Handle>) -> bool {
 /// to readiness of its fd.
 pub enum Ready {
     Call(Py<Handle>),
+    /// A callback whose handle nobody will see (see `handles::LightCall`).
+    Light(LightCall),
     Read(Py<StreamTransport>),
     Write(Py<StreamTransport>),
     DatagramRead(Py<DatagramTransport>),

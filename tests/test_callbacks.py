@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 
 import pytest
@@ -337,3 +338,107 @@ def test_debug_handle_data_freed_with_the_handle(ferroloop_loop):
     del handles, h
     gc.collect()
     assert _ferroloop._handle_extras_count() == before
+
+
+# Future done-callbacks and task steps are scheduled by asyncio's C accelerator; ferroloop
+# queues those without a handle object (src/fastcall.rs). What users can observe must not
+# change: order, contexts, error reports, propagation.
+
+
+def test_future_callback_error_reported_like_a_callback_error(loop):
+    contexts = []
+    out = []
+
+    def boom(fut):
+        raise ValueError("boom")
+
+    async def main():
+        fut = loop.create_future()
+        fut.add_done_callback(boom)
+        fut.add_done_callback(lambda f: out.append(f.result()))
+        fut.set_result(7)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    loop.run_until_complete(main())
+    assert out == [7]
+    assert len(contexts) == 1
+    ctx = contexts[0]
+    assert isinstance(ctx["exception"], ValueError)
+    assert ctx["message"].startswith("Exception in callback ")
+    assert "boom" in ctx["message"]
+    handle = ctx["handle"]
+    assert isinstance(handle, asyncio.Handle)
+    assert "boom" in repr(handle)
+    assert handle._args is not None and handle._args[0].result() == 7
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_future_callback_keyboard_interrupt_propagates(loop, exc_type):
+    def raiser(fut):
+        raise exc_type()
+
+    async def main():
+        fut = loop.create_future()
+        fut.add_done_callback(raiser)
+        fut.set_result(None)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    with pytest.raises(exc_type):
+        loop.run_until_complete(main())
+
+
+def test_future_callbacks_keep_order_and_context_among_plain_callbacks(loop):
+    var = contextvars.ContextVar("var", default="unset")
+    out = []
+
+    def record(tag):
+        out.append((tag, var.get()))
+
+    async def main():
+        fut = loop.create_future()
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "in ctx")
+        fut.add_done_callback(lambda f: record("fut-a"), context=ctx)
+        fut.add_done_callback(lambda f: record("fut-b"))
+        loop.call_soon(record, "soon-1")
+        fut.set_result(None)
+        loop.call_soon(record, "soon-2")
+        var.set("main")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    assert out == [
+        ("soon-1", "unset"),
+        ("fut-a", "in ctx"),
+        ("fut-b", "unset"),
+        ("soon-2", "unset"),
+    ]
+
+
+def test_future_callback_queued_then_debug_switched_on(loop, caplog):
+    # Queued before debug mode was enabled; runs under debug checks after.
+    out = []
+
+    async def main():
+        fut = loop.create_future()
+        fut.add_done_callback(lambda f: out.append("cb"))
+        fut.set_result(None)
+        loop.set_debug(True)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    loop.set_debug(False)
+    assert out == ["cb"]
+
+
+def test_c_accelerator_calls_recognised():
+    # ferroloop-only: asyncio's C futures and tasks take the handle-less path.
+    pytest.importorskip("_asyncio")
+    from ferroloop import _ferroloop
+
+    assert _ferroloop._c_call_soon_recognised()

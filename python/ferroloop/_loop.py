@@ -25,7 +25,7 @@ from asyncio import constants, coroutines, events, futures, sslproto, tasks
 from collections.abc import Callable
 from typing import Any
 
-from . import _format
+from . import _ferroloop, _format
 from ._ferroloop import Handle, LoopCore
 from ._net import NetworkingMixin
 from ._subprocess import SubprocessMixin
@@ -57,6 +57,36 @@ def _context_of(context: dict[str, Any]) -> Any:
     get_context = getattr(thing, "get_context", None)
     ctx = get_context() if get_context is not None else None
     return ctx if hasattr(ctx, "run") else None
+
+
+def _recognise_c_asyncio_callers() -> None:
+    """Let one of asyncio's C futures schedule a callback on a probe, so that the native
+    ``call_soon`` recognises the C accelerator's calls (see ``src/fastcall.rs``). If anything
+    here fails, those calls simply take the ordinary path."""
+    try:
+        import _asyncio
+    except ImportError:
+        return
+
+    class _Probe:
+        call_soon = _ferroloop._kwnames_probe  # a builtin function: called without self
+
+        def get_debug(self) -> bool:
+            return False
+
+    try:
+        fut = _asyncio.Future(loop=_Probe())
+        fut.add_done_callback(_settle_noop)
+        fut.set_result(None)
+    except Exception:
+        pass
+
+
+def _settle_noop(fut: Any) -> None:
+    pass
+
+
+_recognise_c_asyncio_callers()
 
 
 def _run_until_complete_cb(fut: asyncio.Future) -> None:
