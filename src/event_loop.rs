@@ -857,16 +857,34 @@ impl LoopCore {
         Self::schedule_timer(slf, when, callback, args, context)
     }
 
-    /// `sock.recv(n)` now, on the raw fd: the data, or None when the socket would block
-    /// (no exception raised and caught for the common "not yet" case).
-    fn _sock_recv_try(&self, py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<PyObject>> {
+    /// `sock_recv`'s first attempt: asyncio's checks, then `sock.recv(n)` on the raw fd: the
+    /// data, or None when the socket would block (no exception raised and caught for the
+    /// common "not yet" case).
+    fn _sock_recv_now(
+        &self,
+        py: Python<'_>,
+        sock: &Bound<'_, PyAny>,
+        n: isize,
+    ) -> PyResult<Option<PyObject>> {
+        let debug = self.state.with(py, |s| s.debug)?;
+        let fd = sockops::checked_fd(sock, debug)?;
         sockops::try_recv(py, fd, n)
     }
 
-    /// `sock.send(data)` now, on the raw fd: bytes sent (0 when it would block).
-    fn _sock_send_try(&self, fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+    /// `sock_sendall`'s first attempt: asyncio's checks, then `sock.send(data)` on the raw
+    /// fd. None when all of it went out, else the number of bytes sent.
+    fn _sock_send_now(
+        &self,
+        py: Python<'_>,
+        sock: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<usize>> {
+        let debug = self.state.with(py, |s| s.debug)?;
+        let fd = sockops::checked_fd(sock, debug)?;
         let view = crate::transports::stream::ByteView::new(data, false)?;
-        sockops::try_send(fd, view.as_slice())
+        let bytes = view.as_slice();
+        let n = sockops::try_send(fd, bytes)?;
+        Ok((n < bytes.len()).then_some(n))
     }
 
     /// `sock.recv(n)` once the socket is readable (the Python side tried it first).

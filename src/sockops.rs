@@ -19,6 +19,8 @@ use pyo3::exceptions::{
 };
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::PyType;
 
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
@@ -27,9 +29,42 @@ use crate::transports::retry_eintr;
 use crate::transports::stream::ByteView;
 
 thread_local! {
-    /// Receive buffer for `try_recv` (grown to the largest `n` asked for, then reused).
+    /// Receive buffer for `try_recv`'s small and very large reads (grown to the largest size
+    /// asked for, then reused).
     static RECV_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
+
+static PLAIN_SOCKET: GILOnceCell<Py<PyType>> = GILOnceCell::new();
+
+/// asyncio's checks at the start of `sock_recv`/`sock_sendall` (an `ssl.SSLSocket` is refused,
+/// and in debug mode a blocking socket), then the socket's fd from `sock.fileno()`.
+pub(crate) fn checked_fd(sock: &Bound<'_, PyAny>, debug: bool) -> PyResult<RawFd> {
+    let py = sock.py();
+    let plain = PLAIN_SOCKET.get_or_try_init(py, || -> PyResult<Py<PyType>> {
+        Ok(py
+            .import("socket")?
+            .getattr("socket")?
+            .downcast_into::<PyType>()?
+            .unbind())
+    })?;
+    // A plain socket.socket cannot be an ssl.SSLSocket (a subclass); others ask asyncio.
+    if !sock.get_type().is(plain.bind(py)) {
+        py.import("asyncio.base_events")?
+            .getattr(intern!(py, "_check_ssl_socket"))?
+            .call1((sock,))?;
+    }
+    if debug && sock.call_method0(intern!(py, "gettimeout"))?.ne(0)? {
+        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    }
+    sock.call_method0(intern!(py, "fileno"))?.extract()
+}
+
+/// At or below this size `try_recv` reads into the reused buffer and copies what arrived:
+/// cheaper than allocating `n` bytes that may be mostly unused.
+const COPY_RECV_MAX: usize = 4096;
+/// Above this size a `bytes` of `n` would come from glibc's mmap (two system calls per read,
+/// expensive here); the reused buffer and a copy of what arrived are cheaper.
+const DIRECT_RECV_MAX: usize = 128 * 1024;
 
 /// `sock.recv(n)` on the raw fd, without raising when it would block: `Ok(None)` then.
 /// Errors are the socket module's (`OSError` subclass by errno, `ValueError` for n < 0).
@@ -38,6 +73,9 @@ pub(crate) fn try_recv(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<P
         return Err(PyValueError::new_err("negative buffersize in recv"));
     }
     let n = n as usize;
+    if n > COPY_RECV_MAX && n <= DIRECT_RECV_MAX {
+        return recv_direct(py, fd, n);
+    }
     RECV_BUF.with(|cell| {
         let Ok(mut buf) = cell.try_borrow_mut() else {
             // Re-entered on this thread (cannot happen: no Python runs below): use a fresh one.
@@ -49,6 +87,36 @@ pub(crate) fn try_recv(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<P
         }
         recv_into_vec(py, fd, &mut buf, n)
     })
+}
+
+/// Reads straight into a new `bytes` of `n`, shrunk to what arrived (what `socket.recv`
+/// does): one copy less for large reads.
+fn recv_direct(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<PyObject>> {
+    use pyo3::ffi;
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised bytes object of
+    // n bytes (or NULL with an exception set). It is not shared with anyone until returned, so
+    // writing into its buffer and resizing it are allowed. _PyBytes_Resize frees the object
+    // and sets the pointer to NULL on failure.
+    unsafe {
+        let mut obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let ptr = ffi::PyBytes_AsString(obj) as *mut libc::c_void;
+        let got = retry_eintr(|| libc::recv(fd, ptr, n, 0));
+        if got < 0 {
+            let err = std::io::Error::last_os_error();
+            ffi::Py_DECREF(obj);
+            return match err.raw_os_error() {
+                Some(code) if code == libc::EAGAIN || code == libc::EWOULDBLOCK => Ok(None),
+                _ => Err(os_error(err)),
+            };
+        }
+        if (got as usize) < n && ffi::_PyBytes_Resize(&mut obj, got as ffi::Py_ssize_t) != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(Some(PyObject::from_owned_ptr(py, obj)))
+    }
 }
 
 /// `sock.send(data)` on the raw fd: bytes sent, 0 when the socket would block; other errors

@@ -137,10 +137,17 @@ def test_native_classes_reject_bad_construction():
             ferroloop._ferroloop.StreamTransport(loop, -1, None)
         with pytest.raises(TypeError):
             ferroloop.Handle()
-        with pytest.raises(TypeError):
-            loop._sock_recv_try("fd", 10)
+        with pytest.raises(AttributeError):
+            loop._sock_recv_now("not a socket", 10)
+
+        class BadFd:
+            def fileno(self) -> int:
+                return 10_000
+
         with pytest.raises(OSError):
-            loop._sock_recv_try(10_000, 10)
+            loop._sock_recv_now(BadFd(), 10)
+        with pytest.raises(OSError):
+            loop._sock_send_now(BadFd(), b"x")
     finally:
         loop.close()
 

@@ -28,6 +28,8 @@ from typing import Any
 _BASE = base_events.BaseEventLoop
 _SELECTOR = selector_events.BaseSelectorEventLoop
 _UNIX = unix_events._UnixSelectorEventLoop
+# A plain socket cannot be an ssl.SSLSocket (a subclass): no need for asyncio's check.
+_PLAIN_SOCKET = socket.socket
 
 # The standard library functions ferroloop's loop reuses as methods, by class they come from.
 # None of them uses zero-argument super(), so they bind to any class (checked by the tests).
@@ -150,19 +152,17 @@ class NetworkingMixin:
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         loop: Any = self
-        base_events._check_ssl_socket(sock)
-        if loop._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        fd = sock.fileno()
-        data = loop._sock_recv_try(fd, n)
+        data = loop._sock_recv_now(sock, n)  # asyncio's checks, then one try
         if data is not None:
             return data
+        fd = sock.fileno()
         loop._ensure_fd_no_transport(fd)
         return await loop._sock_recv_wait(sock, fd, n)
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         loop: Any = self
-        base_events._check_ssl_socket(sock)
+        if type(sock) is not _PLAIN_SOCKET:
+            base_events._check_ssl_socket(sock)
         if loop._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         try:
@@ -175,14 +175,12 @@ class NetworkingMixin:
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         loop: Any = self
-        base_events._check_ssl_socket(sock)
-        if loop._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        view = memoryview(data).cast("B")  # offsets below count bytes
-        fd = sock.fileno()
-        n = loop._sock_send_try(fd, view)
-        if n == len(view):
+        n = loop._sock_send_now(sock, data)  # asyncio's checks, then one try
+        if n is None:
             return
+        # Offsets count bytes: bytes objects already do, other buffers are cast.
+        view = data if type(data) is bytes else memoryview(data).cast("B")
+        fd = sock.fileno()
         loop._ensure_fd_no_transport(fd)
         await loop._sock_sendall_wait(sock, fd, view, n)
 
