@@ -37,6 +37,7 @@ use pyo3::types::{PyDict, PyInt, PyTuple};
 
 use crate::clock;
 use crate::errors::os_error;
+use crate::executor::{Finished, Outcome};
 use crate::gilcell::GilCell;
 use crate::handles::{
     cancel_handle, is_cancelled, release_after_debug_check, run_handle, Handle, LightCall,
@@ -267,6 +268,25 @@ fn release_ready(py: Python<'_>, item: Ready) {
         Ready::Read(t) | Ready::Write(t) => drop(t.into_bound(py)),
         Ready::DatagramRead(t) | Ready::DatagramWrite(t) => drop(t.into_bound(py)),
         Ready::Sock(w) => drop(w.into_bound(py)),
+        Ready::Executor(f) => drop(f),
+    }
+}
+
+/// Settles a default-executor job's future. Errors cannot come from the job itself (those
+/// are its outcome); any other is reported as unraisable, except the ones that stop a loop.
+fn settle_executor_future(py: Python<'_>, f: Finished) -> PyResult<()> {
+    match f.settle(py) {
+        Err(e)
+            if e.is_instance_of::<PyKeyboardInterrupt>(py)
+                || e.is_instance_of::<PySystemExit>(py) =>
+        {
+            Err(e)
+        }
+        Err(e) => {
+            e.write_unraisable(py, None);
+            Ok(())
+        }
+        Ok(()) => Ok(()),
     }
 }
 
@@ -413,6 +433,7 @@ impl LoopCore {
             let r = match item {
                 // Consumed by running it.
                 Ready::Light(call) => run_light(slf, call, debug),
+                Ready::Executor(f) => settle_executor_future(py, *f),
                 item => {
                     let r = match &item {
                         Ready::Call(h) if debug => Self::run_one_debug(slf, h.bind(py)),
@@ -422,7 +443,7 @@ impl LoopCore {
                         Ready::DatagramRead(t) => datagram::on_readable(t.bind(py), &mut read_buf),
                         Ready::DatagramWrite(t) => datagram::on_writable(t.bind(py)),
                         Ready::Sock(w) => sockops::on_ready(w.bind(py)),
-                        Ready::Light(_) => Ok(()),
+                        Ready::Light(_) | Ready::Executor(_) => Ok(()),
                     };
                     release_ready(py, item);
                     r
@@ -535,6 +556,21 @@ impl LoopCore {
         };
         this.state.with(py, |s| s.push(Ready::Light(call)))?;
         Ok(py.None())
+    }
+
+    /// A default-executor job finished (called on the worker thread, with the GIL): queue the
+    /// settling of its future, and wake the loop if it is polling. A closed loop drops it.
+    pub(crate) fn post_executor_outcome(&self, py: Python<'_>, fut: PyObject, outcome: Outcome) {
+        let item = Ready::Executor(Box::new(Finished { fut, outcome }));
+        let rejected = self.state.with(py, |s| {
+            if s.closed {
+                Some(item)
+            } else {
+                s.push(item);
+                None
+            }
+        });
+        drop(rejected);
     }
 
     /// Queues `callback(*args)` in a copy of the current context, without the public API's

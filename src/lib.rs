@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 mod clock;
 mod errors;
 mod event_loop;
+mod executor;
 mod fastcall;
 mod gilcell;
 mod handles;
@@ -39,6 +40,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_function(wrap_pyfunction!(handles::_handle_extras_count, m)?)?;
+    m.add_class::<executor::ThreadPool>()?;
+    m.add_function(wrap_pyfunction!(executor::_executor_atexit, m)?)?;
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sockops::SockWaiter>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;

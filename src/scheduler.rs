@@ -11,6 +11,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use pyo3::prelude::*;
 
+use crate::executor::Finished;
 use crate::handles::{Handle, LightCall};
 use crate::sockops::SockWaiter;
 use crate::transports::datagram::DatagramTransport;
@@ -137,6 +138,8 @@ pub enum Ready {
     DatagramWrite(Py<DatagramTransport>),
     /// A `sock_*` operation waiting for its socket.
     Sock(Py<SockWaiter>),
+    /// A default-executor job finished: settle its future (see `executor.rs`).
+    Executor(Box<Finished>),
 }
 
 /// FIFO of work ready to run.

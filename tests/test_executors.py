@@ -122,3 +122,138 @@ def test_cancelled_executor_future(loop):
 
     loop.run_until_complete(main())
     loop.run_until_complete(loop.shutdown_default_executor())
+
+
+# The default executor is ferroloop's native pool behind a ThreadPoolExecutor face
+# (src/executor.rs); these pin down what asyncio's ThreadPoolExecutor does.
+
+
+def test_default_executor_is_a_thread_pool_executor(loop):
+    async def main():
+        await loop.run_in_executor(None, int)
+        return loop._default_executor
+
+    executor = loop.run_until_complete(main())
+    assert isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+    assert executor._max_workers == min(32, (os.cpu_count() or 1) + 4)
+    # Its public submit() works as concurrent.futures documents.
+    cf = executor.submit(_square, 5)
+    assert cf.result(timeout=5) == 25
+    cf = executor.submit(lambda *, x: x + 1, x=1)
+    assert cf.result(timeout=5) == 2
+    assert list(executor.map(_square, range(4))) == [0, 1, 4, 9]
+    failing = executor.submit(_fail_with, KeyError("k"))
+    with pytest.raises(KeyError):
+        failing.result(timeout=5)
+    loop.run_until_complete(loop.shutdown_default_executor())
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(int)
+
+
+def _fail_with(exc):
+    raise exc
+
+
+def test_thread_state_persists_between_jobs(loop):
+    # Workers are long-lived threads: threading.local data set by one job is seen by a later
+    # job on the same thread.
+    local = threading.local()
+
+    def remember():
+        local.count = getattr(local, "count", 0) + 1
+        return threading.get_ident(), local.count
+
+    async def main():
+        return [await loop.run_in_executor(None, remember) for _ in range(20)]
+
+    results = loop.run_until_complete(main())
+    per_thread: dict[int, list[int]] = {}
+    for ident, count in results:
+        per_thread.setdefault(ident, []).append(count)
+    for counts in per_thread.values():
+        assert counts == list(range(1, len(counts) + 1))
+
+
+def test_concurrent_futures_exceptions_become_asyncio_ones(loop):
+    def cancelled():
+        raise concurrent.futures.CancelledError()
+
+    async def main():
+        with pytest.raises(asyncio.CancelledError):
+            await loop.run_in_executor(None, cancelled)
+
+    loop.run_until_complete(main())
+
+
+def test_base_exceptions_from_the_job_reach_the_awaiter(loop):
+    class Stop(BaseException):
+        pass
+
+    async def main():
+        try:
+            await loop.run_in_executor(None, _fail_with, Stop())
+        except Stop:
+            return "caught"
+
+    assert loop.run_until_complete(main()) == "caught"
+
+
+def test_queued_job_cancelled_before_it_starts_never_runs(loop):
+    ran = []
+    release = threading.Event()
+
+    async def main():
+        # Occupy every worker, then queue one more job and cancel it while it waits.
+        workers = min(32, (os.cpu_count() or 1) + 4)
+        busy = [loop.run_in_executor(None, release.wait, 5) for _ in range(workers)]
+        await asyncio.sleep(0.05)
+        late = loop.run_in_executor(None, ran.append, "late")
+        late.cancel()
+        release.set()
+        await asyncio.gather(*busy)
+        await asyncio.sleep(0.05)
+        return late.cancelled()
+
+    assert loop.run_until_complete(main())
+    assert ran == []
+
+
+def test_many_jobs_in_flight_all_complete_in_order(loop):
+    async def main():
+        return await asyncio.gather(*(loop.run_in_executor(None, _square, i) for i in range(500)))
+
+    assert loop.run_until_complete(main()) == [i * i for i in range(500)]
+
+
+def test_workers_joined_by_shutdown_default_executor(loop):
+    before = threading.active_count()
+
+    async def main():
+        await asyncio.gather(*(loop.run_in_executor(None, time.sleep, 0.01) for _ in range(8)))
+        assert threading.active_count() > before
+        await loop.shutdown_default_executor()
+
+    loop.run_until_complete(main())
+    assert threading.active_count() == before
+
+
+def test_close_without_shutdown_then_exit_is_clean(tmp_path, loop_name):
+    # A loop closed (or abandoned) with live workers: the interpreter still exits at once.
+    script = tmp_path / "exit.py"
+    script.write_text(
+        "import asyncio, time, sys\n"
+        "import ferroloop\n"
+        f"factory = ferroloop.new_event_loop if {loop_name!r} == 'ferroloop' else asyncio.new_event_loop\n"
+        "loop = factory()\n"
+        "print(loop.run_until_complete(loop.run_in_executor(None, sum, [1, 2, 3])))\n"
+        "loop.run_in_executor(None, time.sleep, 0.2)\n"
+        "leaked = factory()\n"
+        "leaked.run_until_complete(leaked.run_in_executor(None, int))\n"
+        "loop.close()\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "6"

@@ -1,6 +1,7 @@
 """Type stubs for ferroloop's native module (``ferroloop._ferroloop``)."""
 
 import asyncio
+import concurrent.futures
 import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -113,6 +114,40 @@ class LoopCore:
     def _run_once(self) -> None: ...
     def _close_native(self) -> None: ...
     def _mark_closed(self) -> None: ...
+    def _sock_recv_now(self, sock: Any, n: int) -> bytes | None: ...
+    def _sock_send_now(self, sock: Any, data: Any) -> int | None: ...
+
+class ThreadPool:
+    """The native default executor's thread pool (``src/executor.rs``)."""
+
+    def __new__(cls, max_workers: int, thread_name_prefix: str = "asyncio") -> ThreadPool: ...
+    def submit_to_loop(
+        self,
+        loop: LoopCore,
+        fut: asyncio.Future[Any],
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None: ...
+    def submit_cf(
+        self,
+        fut: concurrent.futures.Future[Any],
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None: ...
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
+    @property
+    def max_workers(self) -> int: ...
+    @property
+    def threads(self) -> int: ...
+
+def _executor_atexit() -> None:
+    """Shut down and join every native pool still alive (interpreter exit)."""
+
+def _kwnames_probe(*args: Any, **kwargs: Any) -> None:
+    """Stands in for ``call_soon`` on a probe at import (see ``src/fastcall.rs``)."""
+
+def _c_call_soon_recognised() -> bool:
+    """True once asyncio's C accelerator's ``call_soon`` calls are recognised."""
 
 class DatagramTransport:
     """The native core of ``ferroloop._transports.DatagramTransport`` (UDP, Unix datagrams)."""

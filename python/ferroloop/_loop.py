@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import functools
 import logging
 import selectors
 import signal
@@ -125,6 +126,50 @@ class _SelectorView:
             raise KeyError(f"{fileobj!r} is not registered")
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         return selectors.SelectorKey(fileobj, fd, events, None)
+
+
+class _DefaultExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor: a ``ThreadPoolExecutor`` on the outside (``isinstance``,
+    ``submit``, ``map``, ``shutdown`` behave as documented), ferroloop's native thread pool
+    inside (``src/executor.rs``). ``run_in_executor(None, ...)`` skips the
+    ``concurrent.futures.Future`` altogether: the worker's outcome settles the asyncio future
+    on the loop thread."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="asyncio")
+        self._native = _ferroloop.ThreadPool(self._max_workers, "asyncio")
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if concurrent.futures.thread._shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            fn, args = functools.partial(fn, *args, **kwargs), ()
+        with self._shutdown_lock:
+            self._check_open()
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            self._native.submit_cf(fut, fn, args)
+            return fut
+
+    def _submit_to_loop(self, loop: Loop, func: Callable[..., Any], args: tuple) -> Any:
+        with self._shutdown_lock:
+            self._check_open()
+            fut = loop.create_future()
+            self._native.submit_to_loop(loop, fut, func, args)
+            return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._native.shutdown(wait, cancel_futures)
+
+
+# Interpreter exit joins the native pools' workers before finalization, as concurrent.futures
+# does for its own threads.
+threading._register_atexit(_ferroloop._executor_atexit)  # type: ignore[attr-defined]
 
 
 class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop):
@@ -394,8 +439,10 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
             self._check_default_executor()
             executor = self._default_executor
             if executor is None:
-                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                executor = _DefaultExecutor()
                 self._default_executor = executor
+        if type(executor) is _DefaultExecutor:
+            return executor._submit_to_loop(self, func, args)
         return futures.wrap_future(executor.submit(func, *args), loop=self)
 
     def set_default_executor(self, executor: Any) -> None:
