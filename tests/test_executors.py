@@ -209,6 +209,7 @@ def test_queued_job_cancelled_before_it_starts_never_runs(loop):
         await asyncio.sleep(0.05)
         late = loop.run_in_executor(None, ran.append, "late")
         late.cancel()
+        await asyncio.sleep(0.01)  # asyncio passes the cancellation on in a callback
         release.set()
         await asyncio.gather(*busy)
         await asyncio.sleep(0.05)
@@ -226,15 +227,19 @@ def test_many_jobs_in_flight_all_complete_in_order(loop):
 
 
 def test_workers_joined_by_shutdown_default_executor(loop):
-    before = threading.active_count()
+    def ident():
+        time.sleep(0.01)
+        return threading.get_ident()
 
     async def main():
-        await asyncio.gather(*(loop.run_in_executor(None, time.sleep, 0.01) for _ in range(8)))
-        assert threading.active_count() > before
+        used = set(await asyncio.gather(*(loop.run_in_executor(None, ident) for _ in range(8))))
+        alive = {t.ident for t in threading.enumerate()}
+        assert used <= alive
         await loop.shutdown_default_executor()
+        return used
 
-    loop.run_until_complete(main())
-    assert threading.active_count() == before
+    used = loop.run_until_complete(main())
+    assert not used & {t.ident for t in threading.enumerate()}
 
 
 def test_close_without_shutdown_then_exit_is_clean(tmp_path, loop_name):
