@@ -193,6 +193,7 @@ fn make_handle(
     debug: bool,
     persistent: bool,
 ) -> PyResult<NewHandle> {
+    let mut copied = false;
     let ctx: PyObject = match context {
         Some(c) if !c.is_none() => c.clone().unbind(),
         _ => {
@@ -202,7 +203,9 @@ fn make_handle(
                 return Err(PyErr::fetch(py));
             }
             // SAFETY: `p` is a new, non-NULL reference whose ownership we take.
-            unsafe { PyObject::from_owned_ptr(py, p) }
+            let ctx = unsafe { PyObject::from_owned_ptr(py, p) };
+            copied = true;
+            ctx
         }
     };
     let tb = if debug {
@@ -210,14 +213,18 @@ fn make_handle(
     } else {
         None
     };
+    let handle = Handle::new(
+        callback.clone().unbind(),
+        args.clone().unbind(),
+        ctx,
+        debug,
+        persistent,
+    );
+    if copied {
+        handle.untrack_own_context(py);
+    }
     Ok(NewHandle {
-        handle: Handle::new(
-            callback.clone().unbind(),
-            args.clone().unbind(),
-            ctx,
-            debug,
-            persistent,
-        ),
+        handle,
         source_traceback: tb,
     })
 }

@@ -51,6 +51,9 @@ const SCHEDULED: u8 = 1 << 3;
 const BUSY: u8 = 1 << 4;
 /// The handle has an entry in the debug side table.
 const HAS_EXTRA: u8 = 1 << 5;
+/// The context is the handle's own copy, hidden from the cyclic GC while the handle holds it
+/// (see [`Handle::untrack_own_context`]).
+const CONTEXT_UNTRACKED: u8 = 1 << 6;
 
 /// Debug-mode data, kept out of the handle itself (see the module docs).
 #[derive(Default)]
@@ -91,6 +94,16 @@ unsafe impl Sync for Handle {}
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        if self.flags.get() & CONTEXT_UNTRACKED != 0 {
+            if let Some(ctx) = &self.data.get_mut().context {
+                // SAFETY: the handle is being dropped by code holding the GIL (its dealloc, or
+                // a failed construction); the context was untracked by `untrack_own_context`
+                // and nothing else re-tracks a Context, so it is untracked now. It goes back
+                // to the GC before this reference is released: CPython's Context dealloc
+                // expects a tracked object.
+                unsafe { ffi::PyObject_GC_Track(ctx.as_ptr() as *mut std::ffi::c_void) };
+            }
+        }
         if self.flags.get() & HAS_EXTRA != 0 {
             let key = self as *const Handle as usize;
             // Taken out under the lock, released after it (finalizers may run Python code).
@@ -122,6 +135,27 @@ impl Handle {
                 args: Some(args),
                 context: Some(context),
             }),
+        }
+    }
+
+    /// For a context copied for this handle alone (`call_soon` without `context=`): hides it
+    /// from the cyclic GC while the handle holds it. Thousands of pending handles meant
+    /// thousands of tracked contexts walked by every young-generation collection for nothing
+    /// (a large share of `call_soon`'s cost); a cycle through the copy would have to pass
+    /// through the handle, which the GC does not track either. The handle's drop tracks the
+    /// context again before releasing it.
+    pub(crate) fn untrack_own_context(&self, py: Python<'_>) {
+        let untracked = self.with(py, |d| match &d.context {
+            Some(ctx) => {
+                // SAFETY: a Context fresh from PyContext_CopyCurrent is tracked, and no one
+                // else holds it yet.
+                unsafe { ffi::PyObject_GC_UnTrack(ctx.as_ptr() as *mut std::ffi::c_void) };
+                true
+            }
+            None => false,
+        });
+        if untracked.unwrap_or(false) {
+            self.set(CONTEXT_UNTRACKED, true);
         }
     }
 

@@ -92,3 +92,34 @@ def test_threadsafe_callbacks_get_the_callers_context(loop):
     loop.call_later(10, loop.stop)
     loop.run_forever()
     assert out == ["thread-value"]
+
+
+def test_handle_context_outlives_its_handle(loop):
+    # ferroloop keeps a handle's own context copy out of the cyclic GC while the handle holds
+    # it; the context must come back whole (and tracked) once the handle is gone.
+    import gc
+
+    var = contextvars.ContextVar("var", default=0)
+    seen = []
+
+    async def main():
+        var.set(5)
+        keep = loop.call_soon(lambda: seen.append(var.get()))
+        h = loop.call_soon(lambda: None)
+        ctx = h._context  # get_context() is 3.12+ in asyncio
+        h.cancel()
+        del h
+        await asyncio.sleep(0)  # the loop lets go of the cancelled handle
+        gc.collect()
+        assert gc.is_tracked(ctx)
+        assert ctx[var] == 5 and ctx.run(var.get) == 5
+        pending = [loop.call_soon(seen.append, i) for i in range(2000)]
+        gc.collect()
+        await asyncio.sleep(0)
+        del keep, pending
+        gc.collect()
+        return ctx
+
+    ctx = loop.run_until_complete(main())
+    assert seen == [5, *range(2000)]
+    assert ctx.run(var.get) == 5
