@@ -212,6 +212,11 @@ impl ThreadPool {
     }
 
     fn shutdown_impl(&self, py: Python<'_>, wait: bool, cancel_futures: bool) {
+        if std::process::id() != self.shared.pid {
+            // A forked child: the workers do not exist here, and a worker may have held the
+            // queue's lock at the moment of the fork; leave it alone.
+            return;
+        }
         let cancelled: Vec<Job> = {
             let mut q = lock(&self.shared.queue);
             q.shutdown = true;
@@ -402,10 +407,25 @@ impl ThreadPool {
         self.max_workers
     }
 
-    /// Workers currently started.
+    /// Workers currently started (none in a forked child).
     #[getter]
     fn threads(&self) -> usize {
+        if std::process::id() != self.shared.pid {
+            return 0;
+        }
         lock(&self.shared.queue).threads
+    }
+}
+
+impl Drop for ThreadPool {
+    /// The Python face is gone without a shutdown (an abandoned loop): idle workers finish
+    /// what is queued and exit instead of waiting forever.
+    fn drop(&mut self) {
+        if std::process::id() != self.shared.pid {
+            return;
+        }
+        lock(&self.shared.queue).shutdown = true;
+        self.shared.cond.notify_all();
     }
 }
 
