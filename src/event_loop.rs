@@ -233,6 +233,11 @@ fn set_unscheduled(py: Python<'_>, h: &Py<Handle>) {
     h.get().set_scheduled(py, false);
 }
 
+/// `KeyboardInterrupt` and `SystemExit` leave the loop instead of being reported.
+fn stops_the_loop(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
 /// Reports a callback's exception the way asyncio's `Handle._run` does, through the Python
 /// side's `_report_callback_error` (which builds the context dict and calls
 /// `call_exception_handler`). `KeyboardInterrupt` and `SystemExit` propagate instead. The
@@ -244,9 +249,7 @@ fn report_callback_error(
     err: PyErr,
 ) -> PyResult<()> {
     let py = slf.py();
-    let res = if err.is_instance_of::<PyKeyboardInterrupt>(py)
-        || err.is_instance_of::<PySystemExit>(py)
-    {
+    let res = if stops_the_loop(py, &err) {
         Err(err)
     } else {
         slf.call_method1(
@@ -283,12 +286,7 @@ fn release_ready(py: Python<'_>, item: Ready) {
 /// are its outcome); any other is reported as unraisable, except the ones that stop a loop.
 fn settle_executor_future(py: Python<'_>, f: Finished) -> PyResult<()> {
     match f.settle(py) {
-        Err(e)
-            if e.is_instance_of::<PyKeyboardInterrupt>(py)
-                || e.is_instance_of::<PySystemExit>(py) =>
-        {
-            Err(e)
-        }
+        Err(e) if stops_the_loop(py, &e) => Err(e),
         Err(e) => {
             e.write_unraisable(py, None);
             Ok(())
@@ -308,14 +306,8 @@ fn run_light(slf: &Bound<'_, LoopCore>, call: LightCall, debug: bool) -> PyResul
     }
     match call.run(py) {
         Ok(()) => Ok(()),
-        Err((err, handle)) => {
-            if err.is_instance_of::<PyKeyboardInterrupt>(py)
-                || err.is_instance_of::<PySystemExit>(py)
-            {
-                return Err(err);
-            }
-            report_callback_error(slf, handle?.bind(py), err)
-        }
+        Err((err, _)) if stops_the_loop(py, &err) => Err(err),
+        Err((err, handle)) => report_callback_error(slf, handle?.bind(py), err),
     }
 }
 
