@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Builds ferroloop into .venv and runs every test:
 #   1. lints: cargo fmt --check, cargo clippy -D warnings, ruff check / format --check
-#   2. pytest: every scenario on asyncio's loop and on ferroloop, plus the example programs
+#   2. pytest: every scenario on asyncio's loop and on ferroloop, plus the example programs;
+#      then the same suite (without integration) on CPython 3.12 and 3.13 where installed
+#      (scripts/test-more-pythons.sh)
 #   3. integration: real PostgreSQL and Redis servers (installed and started by
 #      scripts/services.sh), aiohttp, uvicorn, asyncpg, SQLAlchemy, redis-py, httpx, Sanic, Dask
 #      on both loops (tests/integration, part of the pytest run)
 #   4. conformance: CPython's own test_asyncio modules with ferroloop swapped in, checked
 #      against the per-module floors in tests/conformance/floors.json
 # Set FERROLOOP_SKIP_SERVICES=1 to run without installing/starting the servers (their tests
-# are then skipped) and FERROLOOP_SKIP_CONFORMANCE=1 to skip step 4 while iterating locally.
+# are then skipped), FERROLOOP_SKIP_MORE_PYTHONS=1 to stay on 3.11, and
+# FERROLOOP_SKIP_CONFORMANCE=1 to skip step 4 while iterating locally.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -33,6 +36,10 @@ fi
 
 echo "== pytest"
 python -m pytest tests -q -p no:cacheprovider
+
+if [ "${FERROLOOP_SKIP_MORE_PYTHONS:-0}" != "1" ]; then
+  scripts/test-more-pythons.sh
+fi
 
 if [ "${FERROLOOP_SKIP_CONFORMANCE:-0}" != "1" ] && [ -f tests/conformance/run_conformance.py ]; then
   echo "== CPython test_asyncio conformance (ferroloop swapped in)"

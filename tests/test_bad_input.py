@@ -7,6 +7,7 @@ import asyncio
 import math
 import os
 import socket
+import sys
 
 import pytest
 
@@ -52,12 +53,19 @@ def test_executor_with_non_callable_fails_the_future(loop):
     loop.run_until_complete(main())
 
 
-def test_nan_and_huge_deadlines(loop):
+def test_nan_and_huge_deadlines(loop, loop_name):
     out = []
     h1 = loop.call_at(math.nan, out.append, "nan")
     h2 = loop.call_later(1e18, out.append, "far")
     h3 = loop.call_later(-math.inf, out.append, "past")
     loop.call_later(0.01, loop.stop)
+    if loop_name == "asyncio" and sys.version_info >= (3, 13):
+        # asyncio 3.13's selector turns the NaN timeout into an error; ferroloop keeps going.
+        with pytest.raises(ValueError, match="NaN"):
+            loop.run_forever()
+        for h in (h1, h2, h3):
+            h.cancel()
+        return
     loop.run_forever()
     assert "past" in out and "far" not in out
     for h in (h1, h2, h3):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
 
 import pytest
@@ -100,7 +101,8 @@ def test_handle_repr(loop):
     h = loop.call_soon(my_callback, 42)
     r = repr(h)
     assert r.startswith("<Handle ")
-    assert "my_callback(42)" in r
+    # Python 3.13 shows a callback's arguments only in debug mode.
+    assert ("my_callback(42)" if sys.version_info < (3, 13) else "my_callback()") in r
     h.cancel()
     assert repr(h) == "<Handle cancelled>"
 

@@ -534,6 +534,7 @@ def test_create_server_with_sock(loop, closer):
         server.close()
         # The server owns its listening sockets: close() closed the caller's socket object.
         assert sock.fileno() == -1
+        client.close()  # from 3.12 on wait_closed() also waits for the connections to end
         await server.wait_closed()
 
     run(loop, main())

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import sys
 
 import pytest
 from net_support import (  # noqa: F401
@@ -304,7 +305,12 @@ def test_pending_data_on_close_and_abort(loop, connect, how):
     run(loop, main())
 
 
-def test_write_after_close_is_ignored(loop, connect):
+def test_write_after_close_is_ignored(loop, connect, loop_name, request):
+    if loop_name == "asyncio" and sys.version_info >= (3, 12):
+        # asyncio 3.12+: writelines() after close() fails inside the transport
+        # (TypeError: 'NoneType' object is not callable); ferroloop ignores it as 3.11 did.
+        request.applymarker(pytest.mark.xfail(raises=TypeError, strict=True))
+
     async def main():
         tr, proto, peer = await connect()
         tr.write(b"before")
@@ -636,7 +642,13 @@ def test_large_transfer_both_directions(loop, connect):
 # ---------------------------------------------------------------- data integrity and reentrancy
 
 
-def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(loop, connect):
+def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(
+    loop, connect, loop_name, request
+):
+    if loop_name == "asyncio" and sys.version_info >= (3, 12):
+        # asyncio 3.12+ queues the caller's buffer itself for writelines(), so what is sent
+        # changes with it; ferroloop copies what it has to queue, as 3.11 did.
+        request.applymarker(pytest.mark.xfail(raises=AssertionError, strict=True))
     size = 2 * MiB
 
     async def main():

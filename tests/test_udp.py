@@ -514,7 +514,8 @@ def test_sock_argument_connected(loop, closer):
 def test_sock_argument_refusals(loop, closer):
     async def main():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stream:
-            with pytest.raises(ValueError, match="A UDP Socket was expected"):
+            # 3.13 says "A datagram socket was expected".
+            with pytest.raises(ValueError, match="A (UDP|datagram) [Ss]ocket was expected"):
                 await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=stream)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             with pytest.raises(ValueError, match="socket modifier keyword arguments"):
@@ -654,7 +655,17 @@ def drain(sock: socket.socket) -> list[bytes]:
             return out
 
 
-def test_flow_control_pause_and_resume(loop, closer, tmpdir_short):
+def _skip_asyncio_313_buffer_count(loop_name: str) -> None:
+    # asyncio 3.13's datagram transport adds 8 header bytes per queued datagram to its write
+    # buffer size and never takes them back, so the size never returns to 0: flow control
+    # never resumes and close() never finishes. The reference cannot run these there.
+    if loop_name == "asyncio" and sys.version_info[:2] == (3, 13):
+        pytest.skip("asyncio 3.13 miscounts its datagram write buffer")
+
+
+def test_flow_control_pause_and_resume(loop, closer, tmpdir_short, loop_name):
+    _skip_asyncio_313_buffer_count(loop_name)
+
     async def main():
         tr, proto, sink = await unix_sender(loop, closer, tmpdir_short, high=4000, low=1000)
         assert tr.get_write_buffer_limits() == (1000, 4000)
@@ -669,7 +680,9 @@ def test_flow_control_pause_and_resume(loop, closer, tmpdir_short):
         assert proto.events == ["made", "pause_writing"]
         assert proto.paused_sizes[0] > 4000
         queued = tr.get_write_buffer_size()
-        assert queued % 1000 == 0 and queued > 4000
+        # From 3.13 on asyncio counts an 8-byte header per queued datagram.
+        per_datagram = 1000 if sys.version_info < (3, 13) else 1008
+        assert queued % per_datagram == 0 and queued > 4000
         received: list[bytes] = []
         while len(received) < n:
             received += drain(sink)
@@ -716,7 +729,9 @@ def test_queued_data_is_copied(loop, closer, tmpdir_short):
     run(loop, main())
 
 
-def test_close_flushes_queue_then_connection_lost(loop, closer, tmpdir_short):
+def test_close_flushes_queue_then_connection_lost(loop, closer, tmpdir_short, loop_name):
+    _skip_asyncio_313_buffer_count(loop_name)
+
     async def main():
         tr, proto, sink = await unix_sender(loop, closer, tmpdir_short)
         n = 0
@@ -989,7 +1004,11 @@ def test_protocol_callbacks_contexts(loop, closer):
     run(loop, main())
 
 
-def test_queue_flush_runs_in_the_context_of_the_queuing_sendto(loop, closer, tmpdir_short):
+def test_queue_flush_runs_in_the_context_of_the_queuing_sendto(
+    loop, closer, tmpdir_short, loop_name
+):
+    _skip_asyncio_313_buffer_count(loop_name)
+
     async def main():
         path = os.path.join(tmpdir_short, "sink")
         sink = plain(socket.AF_UNIX, path, closer)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the pytest suite (every scenario on asyncio's loop and on ferroloop; the integration
+# tests, whose frameworks are installed for 3.11 only, excluded) on each other CPython this
+# machine has among 3.12 and 3.13: `python3.X` on PATH or pyenv's ~/.pyenv/versions/3.X.*.
+# Each gets its own .venv-3.X and Cargo target directory. A version that is not installed is
+# reported and skipped: 3.11 is what the README requires; these add coverage where they exist.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+find_python() {
+  local minor="$1" candidate
+  for candidate in "$HOME"/.pyenv/versions/"$minor".*/bin/"python$minor" "python$minor"; do
+    # pyenv puts shims on PATH that exist but fail for versions not selected: try each.
+    if "$candidate" -c "import sys; assert sys.version_info[:2] == tuple(map(int, '$minor'.split('.')))" \
+      >/dev/null 2>&1; then
+      echo "$candidate"
+      return
+    fi
+  done
+}
+
+for minor in 3.12 3.13; do
+  py="$(find_python "$minor")"
+  if [ -z "$py" ]; then
+    echo "== python $minor: not installed here, skipped"
+    continue
+  fi
+  venv="$ROOT/.venv-$minor"
+  if [ ! -x "$venv/bin/python" ]; then
+    "$py" -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install -q "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3"
+  echo "== build (debug) for $("$venv/bin/python" -V)"
+  VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$ROOT/target/py$minor" \
+    "$venv/bin/maturin" develop -q
+  echo "== pytest on python $minor"
+  "$venv/bin/python" -m pytest tests -q -p no:cacheprovider --ignore=tests/integration
+done
