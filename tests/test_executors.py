@@ -262,3 +262,36 @@ def test_close_without_shutdown_then_exit_is_clean(tmp_path, loop_name):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "6"
+
+
+def test_forked_child_gets_a_clear_error_then_a_fresh_loop_works(ferroloop_loop):
+    # ferroloop-only: the parent's pool has no threads in a forked child. Using it there is
+    # refused at once (asyncio's ThreadPoolExecutor may wait forever instead); a new loop in
+    # the child has its own pool.
+    import ferroloop
+
+    ferroloop_loop.run_until_complete(ferroloop_loop.run_in_executor(None, int))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            try:
+                ferroloop_loop.run_in_executor(None, int)
+            except RuntimeError as exc:
+                if "parent process" in str(exc):
+                    child = ferroloop.new_event_loop()
+                    value = child.run_until_complete(child.run_in_executor(None, sum, [2, 3]))
+                    child.run_until_complete(child.shutdown_default_executor())
+                    child.close()
+                    code = 0 if value == 5 else 3
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(code)
+    os.close(w)
+    try:
+        result = os.read(r, 1)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert result == b"\x00"
