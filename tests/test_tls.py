@@ -225,3 +225,40 @@ def test_tls_unix_socket(loop, certs, tmp_path):
         return data
 
     assert loop.run_until_complete(main()) == b"over unix"
+
+
+def test_tls_many_small_records_then_close_notify(loop, certs):
+    # Several TLS records arrive in one read and the stream ends with the peer's close_notify:
+    # every byte reaches the protocol in order, then EOF (ferroloop stops decrypting as soon as
+    # nothing is left, see _tls.py; the records here exercise both exits of that loop).
+    server_ctx, client_ctx = _contexts(certs)
+    pieces = [bytes([i]) * (i + 1) for i in range(200)]
+
+    async def burst(reader, writer):
+        for piece in pieces:
+            writer.write(piece)  # one TLS record each
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        srv = await asyncio.start_server(burst, "127.0.0.1", 0, ssl=server_ctx)
+        port = srv.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+        await asyncio.sleep(0.05)  # let the records pile up before the first read
+        received = await reader.read()  # until EOF
+        at_eof = reader.at_eof()
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        srv.close()
+        await srv.wait_closed()
+        return received, at_eof
+
+    received, at_eof = loop.run_until_complete(main())
+    assert received == b"".join(pieces)
+    assert at_eof
