@@ -15,7 +15,8 @@ use std::cell::RefCell;
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{
-    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PySystemExit, PyValueError,
+    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyMemoryError, PySystemExit,
+    PyValueError,
 };
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -63,26 +64,33 @@ pub(crate) fn checked_fd(sock: &Bound<'_, PyAny>, debug: bool) -> PyResult<RawFd
 /// cheaper than allocating `n` bytes that may be mostly unused.
 const COPY_RECV_MAX: usize = 4096;
 /// Above this size a `bytes` of `n` would come from glibc's mmap (two system calls per read,
-/// expensive here); the reused buffer and a copy of what arrived are cheaper.
+/// expensive here); the reused buffer and a copy of what arrived are cheaper...
 const DIRECT_RECV_MAX: usize = 128 * 1024;
+/// ...up to this size: the reused buffer stays bounded, and larger requests allocate their
+/// `bytes` directly, failing with `MemoryError` as `socket.recv` does when `n` is absurd.
+const STAGED_RECV_MAX: usize = 4 * 1024 * 1024;
 
 /// `sock.recv(n)` on the raw fd, without raising when it would block: `Ok(None)` then.
-/// Errors are the socket module's (`OSError` subclass by errno, `ValueError` for n < 0).
+/// Errors are the socket module's (`OSError` subclass by errno, `ValueError` for n < 0,
+/// `MemoryError` when `n` bytes cannot be allocated).
 pub(crate) fn try_recv(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<PyObject>> {
     if n < 0 {
         return Err(PyValueError::new_err("negative buffersize in recv"));
     }
     let n = n as usize;
-    if n > COPY_RECV_MAX && n <= DIRECT_RECV_MAX {
+    if (n > COPY_RECV_MAX && n <= DIRECT_RECV_MAX) || n > STAGED_RECV_MAX {
         return recv_direct(py, fd, n);
     }
     RECV_BUF.with(|cell| {
         let Ok(mut buf) = cell.try_borrow_mut() else {
-            // Re-entered on this thread (cannot happen: no Python runs below): use a fresh one.
-            let mut fresh = vec![0u8; n];
-            return recv_into_vec(py, fd, &mut fresh, n);
+            // Re-entered on this thread (cannot happen: no Python runs below).
+            return recv_direct(py, fd, n);
         };
         if buf.len() < n {
+            let more = n - buf.len();
+            if buf.try_reserve_exact(more).is_err() {
+                return Err(PyMemoryError::new_err(()));
+            }
             buf.resize(n, 0);
         }
         recv_into_vec(py, fd, &mut buf, n)

@@ -191,3 +191,18 @@ def test_re_entering_the_loop_from_a_finalizer_is_safe(ferroloop_loop):
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert len(out) == 1000
+
+
+def test_sock_recv_with_an_absurd_size_raises_memory_error(loop):
+    # As socket.recv does: MemoryError, nothing consumed, the socket still usable.
+    async def main():
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            b.setblocking(False)
+            a.send(b"data")
+            with pytest.raises(MemoryError):
+                await loop.sock_recv(b, 2**40)
+            return await loop.sock_recv(b, 5 * 2**20)
+
+    assert loop.run_until_complete(main()) == b"data"
