@@ -23,6 +23,7 @@
 //! does, so no worker touches Python during finalization.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 
@@ -317,7 +318,13 @@ fn worker(shared: Arc<Shared>, name: String) {
             let Some(job) = py.allow_threads(move || sh.next_job()) else {
                 break;
             };
-            run_job(py, job);
+            // A Rust panic (a bug) must not take the worker thread down with it.
+            if catch_unwind(AssertUnwindSafe(|| run_job(py, job))).is_err() {
+                PyRuntimeError::new_err(
+                    "ferroloop: internal error (Rust panic) in an executor job",
+                )
+                .write_unraisable(py, None);
+            }
         }
         {
             let mut q = lock(&shared.queue);
