@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the pytest suite (every scenario on asyncio's loop and on ferroloop; the integration
-# tests, whose frameworks are installed for 3.11 only, excluded) on each other CPython this
+# tests, whose frameworks are installed for 3.11 only, excluded) and the CPython test_asyncio
+# conformance check (floors in tests/conformance/floors-3.X.json) on each other CPython this
 # machine has among 3.12 and 3.13: `python3.X` on PATH or pyenv's ~/.pyenv/versions/3.X.*.
 # Each gets its own .venv-3.X and Cargo target directory. A version that is not installed is
 # reported and skipped: 3.11 is what the README requires; these add coverage where they exist.
@@ -36,4 +37,9 @@ for minor in 3.12 3.13; do
     "$venv/bin/maturin" develop -q
   echo "== pytest on python $minor"
   "$venv/bin/python" -m pytest tests -q -p no:cacheprovider --ignore=tests/integration
+  if [ "${FERROLOOP_SKIP_CONFORMANCE:-0}" != "1" ] && [ -f "tests/conformance/floors-$minor.json" ]; then
+    echo "== CPython $minor test_asyncio conformance (ferroloop swapped in)"
+    "$venv/bin/python" tests/conformance/run_conformance.py --loop ferroloop --check -j 3 \
+      --budget 600
+  fi
 done
