@@ -40,7 +40,7 @@ use crate::errors::os_error;
 use crate::executor::{Finished, Outcome};
 use crate::gilcell::GilCell;
 use crate::handles::{
-    cancel_handle, is_cancelled, release_after_debug_check, run_handle, Handle, LightCall,
+    args_of, cancel_handle, is_cancelled, release_after_debug_check, run_handle, Handle, LightCall,
     NewHandle, RunOutcome, TimerHandle,
 };
 use crate::pyhelpers;
@@ -541,10 +541,7 @@ impl LoopCore {
         let this = slf.get();
         let debug = this.state.with(py, |s| s.schedule_checks(true))??;
         if debug {
-            let args = match arg {
-                None => PyTuple::empty(py),
-                Some(a) => PyTuple::new(py, [a])?,
-            };
+            let args = args_of(py, arg)?;
             return Ok(Self::enqueue(slf, callback, &args, Some(context), false)?.into_any());
         }
         check_callback(py, callback, "call_soon", false)?;

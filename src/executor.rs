@@ -63,15 +63,26 @@ impl Finished {
         if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
             return Ok(());
         }
-        match self.outcome {
+        self.outcome.deliver(fut, true)
+    }
+}
+
+impl Outcome {
+    /// Sets `fut`'s result, exception or cancellation. For an asyncio future (`asyncio`),
+    /// concurrent.futures' CancelledError, TimeoutError and InvalidStateError become asyncio's,
+    /// as `wrap_future` does.
+    fn deliver(self, fut: &Bound<'_, PyAny>, asyncio: bool) -> PyResult<()> {
+        let py = fut.py();
+        match self {
             Outcome::Value(v) => fut.call_method1(intern!(py, "set_result"), (v,))?,
             Outcome::Error(e) => {
-                // What asyncio's `wrap_future` does: concurrent.futures' CancelledError,
-                // TimeoutError and InvalidStateError become asyncio's.
-                let exc = py
-                    .import("asyncio.futures")?
-                    .getattr(intern!(py, "_convert_future_exc"))?
-                    .call1((e.value(py),))?;
+                let mut exc = e.into_value(py).into_bound(py).into_any();
+                if asyncio {
+                    exc = py
+                        .import("asyncio.futures")?
+                        .getattr(intern!(py, "_convert_future_exc"))?
+                        .call1((exc,))?;
+                }
                 fut.call_method1(intern!(py, "set_exception"), (exc,))?
             }
             Outcome::Cancelled => fut.call_method0(intern!(py, "cancel"))?,
@@ -262,12 +273,7 @@ fn complete(py: Python<'_>, done: Completion, outcome: Outcome) {
         Completion::Loop { fut, core } => core.get().post_executor_outcome(py, fut, outcome),
         Completion::Cf { fut } => {
             let fut = fut.bind(py);
-            let res = match outcome {
-                Outcome::Value(v) => fut.call_method1(intern!(py, "set_result"), (v,)),
-                Outcome::Error(e) => fut.call_method1(intern!(py, "set_exception"), (e.value(py),)),
-                Outcome::Cancelled => fut.call_method0(intern!(py, "cancel")),
-            };
-            if let Err(e) = res {
+            if let Err(e) = outcome.deliver(fut, false) {
                 e.write_unraisable(py, Some(fut));
             }
         }

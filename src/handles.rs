@@ -399,6 +399,17 @@ fn call_in_context(
     }
 }
 
+/// The `*args` tuple of a call with no or one argument.
+pub(crate) fn args_of<'py>(
+    py: Python<'py>,
+    arg: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    match arg {
+        None => Ok(PyTuple::empty(py)),
+        Some(a) => PyTuple::new(py, [a]),
+    }
+}
+
 /// A callback queued without a `Handle` object: `callback(arg)` or `callback()` in `context`.
 /// Used when the caller is known to drop the handle unseen (asyncio's C tasks and futures,
 /// see `fastcall.rs`), so nothing can cancel or inspect it. If it raises, a `Handle` is built
@@ -453,10 +464,7 @@ impl LightCall {
         arg: Option<Bound<'_, PyAny>>,
         ctx: Bound<'_, PyAny>,
     ) -> PyResult<Py<Handle>> {
-        let args = match arg {
-            None => PyTuple::empty(py),
-            Some(a) => PyTuple::new(py, [a])?,
-        };
+        let args = args_of(py, arg.as_ref())?;
         Py::new(
             py,
             Handle::new(cb.unbind(), args.unbind(), ctx.unbind(), false, false),

@@ -26,8 +26,8 @@ use pyo3::types::PyType;
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::gilcell::GilCell;
-use crate::transports::retry_eintr;
 use crate::transports::stream::ByteView;
+use crate::transports::{retry_eintr, would_block};
 
 thread_local! {
     /// Receive buffer for `try_recv`'s small and very large reads (grown to the largest size
@@ -97,6 +97,16 @@ pub(crate) fn try_recv(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<P
     })
 }
 
+/// After a failed socket call: `when_blocked` if it would have blocked, else the socket
+/// module's exception for the errno.
+fn unless_would_block<T>(when_blocked: T) -> PyResult<T> {
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(code) if would_block(code) => Ok(when_blocked),
+        _ => Err(os_error(err)),
+    }
+}
+
 /// Reads straight into a new `bytes` of `n`, shrunk to what arrived (what `socket.recv`
 /// does): one copy less for large reads.
 fn recv_direct(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<PyObject>> {
@@ -113,12 +123,9 @@ fn recv_direct(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<PyObject>
         let ptr = ffi::PyBytes_AsString(obj) as *mut libc::c_void;
         let got = retry_eintr(|| libc::recv(fd, ptr, n, 0));
         if got < 0 {
-            let err = std::io::Error::last_os_error();
+            let failed = unless_would_block(None);
             ffi::Py_DECREF(obj);
-            return match err.raw_os_error() {
-                Some(code) if code == libc::EAGAIN || code == libc::EWOULDBLOCK => Ok(None),
-                _ => Err(os_error(err)),
-            };
+            return failed;
         }
         if (got as usize) < n && ffi::_PyBytes_Resize(&mut obj, got as ffi::Py_ssize_t) != 0 {
             return Err(PyErr::fetch(py));
@@ -138,11 +145,7 @@ pub(crate) fn try_send(fd: RawFd, data: &[u8]) -> PyResult<usize> {
     // write to a closed peer into EPIPE instead of SIGPIPE (as for the stream transport).
     let n = retry_eintr(|| unsafe { libc::send(fd, ptr, len, libc::MSG_NOSIGNAL) });
     if n < 0 {
-        let err = std::io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(code) if code == libc::EAGAIN || code == libc::EWOULDBLOCK => Ok(0),
-            _ => Err(os_error(err)),
-        };
+        return unless_would_block(0);
     }
     Ok(n as usize)
 }
@@ -157,11 +160,7 @@ fn recv_into_vec(
     // SAFETY: `buf` has at least `n` writable bytes for the duration of the call.
     let got = retry_eintr(|| unsafe { libc::recv(fd, ptr, n, 0) });
     if got < 0 {
-        let err = std::io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(code) if code == libc::EAGAIN || code == libc::EWOULDBLOCK => Ok(None),
-            _ => Err(os_error(err)),
-        };
+        return unless_would_block(None);
     }
     Ok(Some(
         pyo3::types::PyBytes::new(py, &buf[..got as usize])

@@ -49,8 +49,8 @@ use crate::pyhelpers;
 use crate::reactor::Io;
 use crate::transports::stream::{errno, is_bytes_like, os_error_from, passes_through, ByteView};
 use crate::transports::{
-    in_direction_context, is_reading, set_reading_paused, start_reading, watch, Interest,
-    NativeTransport,
+    in_direction_context, is_reading, set_reading_paused, start_reading, watch, would_block,
+    Interest, NativeTransport,
 };
 
 /// Bytes received per `recvfrom`, as asyncio's `max_size` (longer datagrams are truncated).
@@ -197,10 +197,6 @@ impl DatagramState {
 #[pyclass(frozen, module = "ferroloop._ferroloop", name = "DatagramTransport")]
 pub struct DatagramTransport {
     state: GilCell<DatagramState>,
-}
-
-fn would_block(code: i32) -> bool {
-    code == libc::EAGAIN || code == libc::EWOULDBLOCK
 }
 
 /// `send`/`sendto` once (retrying on EINTR, as the socket module does).

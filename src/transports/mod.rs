@@ -81,6 +81,11 @@ fn in_context<R>(
     out
 }
 
+/// The errno a non-blocking socket call fails with when it would block.
+pub(crate) fn would_block(code: i32) -> bool {
+    code == libc::EAGAIN || code == libc::EWOULDBLOCK
+}
+
 /// Runs a socket syscall again when a signal interrupted it (EINTR), as Python's socket
 /// methods do (PEP 475). Returns the raw result; `errno` is meaningful when it is negative.
 pub(crate) fn retry_eintr(mut call: impl FnMut() -> isize) -> isize {

@@ -30,7 +30,7 @@ use crate::gilcell::GilCell;
 use crate::reactor::Io;
 use crate::transports::{
     in_direction_context, is_reading, retry_eintr, set_reading_paused, start_reading, watch,
-    Interest, NativeTransport,
+    would_block, Interest, NativeTransport,
 };
 
 /// Bytes read per `recv`, as asyncio's `max_size`.
@@ -112,10 +112,6 @@ pub(crate) fn passes_through(py: Python<'_>, e: &PyErr) -> bool {
 
 pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn would_block(code: i32) -> bool {
-    code == libc::EAGAIN || code == libc::EWOULDBLOCK
 }
 
 /// A borrowed contiguous view of a bytes-like object.
