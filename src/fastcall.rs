@@ -30,7 +30,7 @@ use pyo3::types::{PyString, PyTuple, PyType};
 use crate::event_loop::LoopCore;
 
 /// A `PyMethodDef` living for the whole process (CPython keeps a pointer to it).
-struct MethodDef(ffi::PyMethodDef);
+pub(crate) struct MethodDef(pub(crate) ffi::PyMethodDef);
 
 // SAFETY: the definition is immutable after construction (CPython only reads it), and the
 // raw pointers it holds point to 'static C strings and a function.

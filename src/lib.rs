@@ -11,6 +11,7 @@
 //! - [`sockops`]: the waiting half of `sock_recv`/`sock_recv_into`/`sock_sendall`;
 //! - [`transports`]: native transports (stream and datagram sockets), driven by the reactor
 //!   directly;
+//! - [`tls`]: the per-record path of TLS connections (decrypt, deliver, encrypt, send);
 //! - [`fastcall`]: hand-written fastcall entry points for the hottest loop methods;
 //! - [`event_loop`]: `LoopCore`, the iteration and the scheduling API;
 //! - [`pyhelpers`]: cached Python helpers used on cold paths (reprs, debug stacks).
@@ -28,6 +29,7 @@ mod pyhelpers;
 mod reactor;
 mod scheduler;
 mod sockops;
+mod tls;
 mod transports;
 mod waker;
 
@@ -45,5 +47,11 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sockops::SockWaiter>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
+    m.add_function(wrap_pyfunction!(tls::_tls_do_read, m)?)?;
+    m.add_function(wrap_pyfunction!(tls::_tls_do_write, m)?)?;
+    m.add_function(wrap_pyfunction!(tls::_tls_process_outgoing, m)?)?;
+    m.add_function(wrap_pyfunction!(tls::_tls_write_appdata, m)?)?;
+    m.add_function(wrap_pyfunction!(tls::_tls_write, m)?)?;
+    m.add_function(wrap_pyfunction!(tls::_tls_install_app_write, m)?)?;
     Ok(())
 }

@@ -1,13 +1,19 @@
-"""TLS over ferroloop's native transports: asyncio's own ``SSLProtocol``, one read path faster.
+"""TLS over ferroloop's native transports: asyncio's ``SSLProtocol`` with its record path in Rust.
 
-asyncio's ``SSLProtocol`` (3.11+) decrypts what arrived by calling ``SSLObject.read()`` until
-it raises ``SSLWantReadError``. With one TLS record per message, the usual case for
-request-reply traffic, every message therefore costs an exception raised by the ssl module and
-caught in Python, a large share of the protocol's own time. This subclass stops reading as
-soon as nothing is left to decrypt: neither undecrypted bytes in the incoming memory BIO nor
-decrypted bytes waiting in the ``SSLObject``, when the next read could only raise that error.
-Everything else (handshake, shutdown, flow control, buffered protocols, ``start_tls``) is
-asyncio's code, unchanged.
+The handshake, shutdown, timeouts, flow-control decisions, buffered application protocols and
+error reporting are asyncio's own code, which runs a few times per connection. What runs for
+every TLS record (``src/tls.rs``) is native:
+
+- the native stream transport hands received bytes straight to the Rust side (no
+  ``get_buffer``/``buffer_updated`` calls), which feeds the incoming memory BIO, decrypts and
+  calls the application's ``data_received``;
+- the application transport's ``write`` encrypts at once when nothing is queued and passes the
+  outgoing BIO's bytes to the transport.
+
+The methods below that asyncio's Python code calls on its own paths (``_do_read`` after the
+handshake or on ``resume_reading``, ``_process_outgoing`` when the transport drains...) lead to
+the same native functions, so there is one implementation of each step. The state stays in the
+attributes asyncio's code uses.
 """
 
 from __future__ import annotations
@@ -15,29 +21,55 @@ from __future__ import annotations
 from asyncio import sslproto
 from typing import Any
 
-_AGAIN = sslproto.SSLAgainErrors
+from ._ferroloop import (
+    _tls_do_read,
+    _tls_do_write,
+    _tls_install_app_write,
+    _tls_process_outgoing,
+    _tls_write_appdata,
+)
+
+_State = sslproto.SSLProtocolState
+
+
+class _SSLProtocolTransport(sslproto._SSLProtocolTransport):
+    """asyncio's application-side TLS transport, whose ``write`` is native: asyncio's checks,
+    then the record path (``_tls_write``), installed below as a method descriptor."""
+
+
+_tls_install_app_write(_SSLProtocolTransport)
 
 
 class SSLProtocol(sslproto.SSLProtocol):
-    def _do_read__copied(self) -> None:
-        sslobj: Any = self._sslobj
-        incoming: Any = self._incoming
-        max_size = self.max_size
-        chunks: list[bytes] = []
-        end_of_stream = False
-        while True:
-            try:
-                chunk = sslobj.read(max_size)
-            except _AGAIN:
-                break
-            if not chunk:  # the peer's close_notify
-                end_of_stream = True
-                break
-            chunks.append(chunk)
-            if not incoming.pending and not sslobj.pending():
-                break  # nothing left to decrypt: a further read would raise SSLWantReadError
-        if chunks:
-            self._app_protocol.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        if end_of_stream:
-            self._call_eof_received()
-            self._start_shutdown()
+    def _get_app_transport(self) -> Any:
+        if self._app_transport is None:
+            if self._app_transport_created:
+                raise RuntimeError("Creating _SSLProtocolTransport twice")
+            self._app_transport = _SSLProtocolTransport(self._loop, self)
+            self._app_transport_created = True
+        return self._app_transport
+
+    def _ferroloop_after_incoming(self) -> None:
+        # What asyncio's buffer_updated does once the bytes are in the incoming BIO, for the
+        # states other than WRAPPED (which the native side handles itself).
+        state = self._state
+        if state == _State.DO_HANDSHAKE:
+            self._do_handshake()
+        elif state == _State.WRAPPED:
+            self._do_read()
+        elif state == _State.FLUSHING:
+            self._do_flush()
+        elif state == _State.SHUTDOWN:
+            self._do_shutdown()
+
+    def _do_read(self) -> None:
+        _tls_do_read(self)
+
+    def _do_write(self) -> None:
+        _tls_do_write(self)
+
+    def _process_outgoing(self) -> None:
+        _tls_process_outgoing(self)
+
+    def _write_appdata(self, list_of_data: Any) -> None:
+        _tls_write_appdata(self, list_of_data)

@@ -21,6 +21,7 @@ from asyncio import base_events, constants, futures, protocols, transports, trso
 from collections.abc import Callable
 from typing import Any
 
+from . import _tls
 from ._ferroloop import DatagramTransport as _DatagramCore
 from ._ferroloop import StreamTransport
 
@@ -221,7 +222,13 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
     # -- protocol ------------------------------------------------------------------------
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._core._set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
+        self._core._set_protocol(
+            protocol,
+            isinstance(protocol, protocols.BufferedProtocol),
+            # ferroloop's TLS protocol exactly (a subclass may override what the native record
+            # path would bypass): received bytes go to its native side directly.
+            type(protocol) is _tls.SSLProtocol,
+        )
         self._protocol_connected = True
 
     @property

@@ -52,6 +52,8 @@ struct StreamState {
     get_buffer: Option<PyObject>,
     buffer_updated: Option<PyObject>,
     buffered: bool,
+    /// The protocol is ferroloop's TLS protocol: received bytes go to [`crate::tls::feed`].
+    tls: bool,
     /// Pending output: `wbuf[woff..]`.
     wbuf: Vec<u8>,
     woff: usize,
@@ -430,7 +432,9 @@ fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<
         if !s.io.reading || s.conn_lost > 0 || s.io.fd < 0 {
             return None;
         }
-        let cbs = if s.buffered {
+        let cbs = if s.tls {
+            (None, None, None)
+        } else if s.buffered {
             (
                 None,
                 s.get_buffer.as_ref().map(|c| c.clone_ref(py)),
@@ -443,17 +447,22 @@ fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<
                 None,
             )
         };
-        Some((s.io.fd, cbs))
+        let tls = if s.tls {
+            s.protocol.as_ref().map(|p| p.clone_ref(py))
+        } else {
+            None
+        };
+        Some((s.io.fd, cbs, tls))
     })?;
-    let Some((fd, (data_received, get_buffer, buffer_updated))) = st else {
+    let Some((fd, (data_received, get_buffer, buffer_updated), tls)) = st else {
         return Ok(());
     };
     if let (Some(get_buffer), Some(buffer_updated)) = (get_buffer, buffer_updated) {
         return read_into_protocol_buffer(slf, fd, get_buffer.bind(py), buffer_updated.bind(py));
     }
-    let Some(data_received) = data_received else {
+    if data_received.is_none() && tls.is_none() {
         return Ok(());
-    };
+    }
     if rbuf.len() < MAX_READ {
         rbuf.resize(MAX_READ, 0);
     }
@@ -475,6 +484,19 @@ fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<
     if n == 0 {
         return StreamTransport::on_eof(slf);
     }
+    if let Some(protocol) = tls {
+        if let Err(e) = crate::tls::feed(protocol.bind(py), &rbuf[..n as usize]) {
+            return StreamTransport::fatal(
+                slf,
+                e,
+                "Fatal error: protocol.buffer_updated() call failed.",
+            );
+        }
+        return Ok(());
+    }
+    let Some(data_received) = data_received else {
+        return Ok(());
+    };
     let data = PyBytes::new(py, &rbuf[..n as usize]);
     if let Err(e) = data_received.bind(py).call1((data,)) {
         return StreamTransport::fatal(
@@ -653,6 +675,7 @@ impl StreamTransport {
                 get_buffer: None,
                 buffer_updated: None,
                 buffered: false,
+                tls: false,
                 wbuf: Vec::new(),
                 woff: 0,
                 eof: false,
@@ -665,10 +688,19 @@ impl StreamTransport {
         })
     }
 
-    /// Installs the protocol; `buffered` selects the `get_buffer`/`buffer_updated` read path.
-    fn _set_protocol(&self, protocol: &Bound<'_, PyAny>, buffered: bool) -> PyResult<()> {
+    /// Installs the protocol; `buffered` selects the `get_buffer`/`buffer_updated` read path,
+    /// `tls` (ferroloop's own TLS protocol) the native TLS record path.
+    #[pyo3(signature = (protocol, buffered, tls=false))]
+    fn _set_protocol(
+        &self,
+        protocol: &Bound<'_, PyAny>,
+        buffered: bool,
+        tls: bool,
+    ) -> PyResult<()> {
         let py = protocol.py();
-        let (dr, gb, bu) = if buffered {
+        let (dr, gb, bu) = if tls {
+            (None, None, None)
+        } else if buffered {
             (
                 None,
                 Some(protocol.getattr(intern!(py, "get_buffer"))?.unbind()),
@@ -682,7 +714,8 @@ impl StreamTransport {
             )
         };
         let old = self.state.with(py, |s| {
-            s.buffered = buffered;
+            s.buffered = buffered && !tls;
+            s.tls = tls;
             (
                 s.protocol.replace(protocol.clone().unbind()),
                 std::mem::replace(&mut s.data_received, dr),

@@ -1,0 +1,659 @@
+//! TLS record path: the per-record work of asyncio's `SSLProtocol`, in Rust.
+//!
+//! ferroloop's TLS protocol (`ferroloop._tls.SSLProtocol`) is a subclass of asyncio's
+//! `SSLProtocol`. Its Python code keeps what runs a few times per connection: the handshake,
+//! shutdown, timeouts, the decisions of flow control and error reporting. This module owns
+//! what runs for every TLS record while the connection is up:
+//!
+//! - **incoming**: bytes from the transport go into the incoming memory BIO, are decrypted
+//!   with `SSLObject.read()` and handed to the application's `data_received`; the native
+//!   stream transport calls [`feed`] directly, without `get_buffer`/`buffer_updated`;
+//! - **outgoing**: application writes are encrypted with `SSLObject.write()` and what the
+//!   outgoing BIO then holds is written to the transport.
+//!
+//! State lives where asyncio's code keeps it, in the protocol's instance attributes, so the
+//! Python methods running on the rare paths always see what they expect. Whenever anything but
+//! the common case happens (the connection is not in the WRAPPED or FLUSHING state, a
+//! flow-control threshold is crossed, the application protocol is a `BufferedProtocol`, the
+//! peer sent close_notify), the functions here call asyncio's Python method for it.
+//!
+//! One thing is done differently from asyncio, with the same result: decryption stops once
+//! neither the incoming BIO nor the `SSLObject` holds anything left to decrypt, instead of
+//! calling `read()` until the ssl module raises `SSLWantReadError` (an exception per message).
+
+use std::ffi::{c_char, c_int};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyBytes, PyDict, PySlice, PyString, PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
+
+/// Values from `asyncio.sslproto`, looked up once.
+struct SslProto {
+    wrapped: PyObject,
+    flushing: PyObject,
+    /// `SSLAgainErrors`: what `SSLObject.read()`/`write()` raise when they need more input.
+    again: PyObject,
+    /// asyncio's own `SSLProtocol._write_appdata`, for writes outside the WRAPPED state.
+    base_write_appdata: PyObject,
+}
+
+static SSLPROTO: GILOnceCell<SslProto> = GILOnceCell::new();
+
+fn sslproto(py: Python<'_>) -> PyResult<&'static SslProto> {
+    SSLPROTO.get_or_try_init(py, || {
+        let m = py.import("asyncio.sslproto")?;
+        let states = m.getattr("SSLProtocolState")?;
+        Ok(SslProto {
+            wrapped: states.getattr("WRAPPED")?.unbind(),
+            flushing: states.getattr("FLUSHING")?.unbind(),
+            again: m.getattr("SSLAgainErrors")?.unbind(),
+            base_write_appdata: m
+                .getattr("SSLProtocol")?
+                .getattr("_write_appdata")?
+                .unbind(),
+        })
+    })
+}
+
+/// Above this size, incoming bytes reach the BIO through a memoryview instead of a copy.
+const COPY_LIMIT: usize = 16 * 1024;
+
+/// What a TLS connection's record path uses that never changes after `SSLProtocol.__init__`:
+/// the memory BIOs, the `SSLObject`, the backlog deque and the read size. Kept in the
+/// protocol's instance dict (`_ferroloop_tls_conn`) from the first record on.
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub(crate) struct TlsConn {
+    incoming: PyObject,
+    outgoing: PyObject,
+    sslobj: PyObject,
+    backlog: PyObject,
+    max_size: PyObject,
+    /// `max_size` as a length (usize::MAX if it is not one).
+    max_len: usize,
+}
+
+#[pymethods]
+impl TlsConn {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.incoming)?;
+        visit.call(&self.outgoing)?;
+        visit.call(&self.sslobj)?;
+        visit.call(&self.backlog)?;
+        visit.call(&self.max_size)
+    }
+}
+
+/// The object whose `read`/`write`/`pending` the record path calls: for the standard library's
+/// `ssl.SSLObject` itself, the C object its methods delegate to unchanged (one Python frame
+/// less per call); for a subclass (`SSLContext.sslobject_class`), the object as given.
+fn ssl_core(sslobj: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+    let py = sslobj.py();
+    let standard = py
+        .import(intern!(py, "ssl"))?
+        .getattr(intern!(py, "SSLObject"))?;
+    if sslobj.get_type().is(&standard) {
+        if let Ok(core) = sslobj.getattr(intern!(py, "_sslobj")) {
+            return Ok(core.unbind());
+        }
+    }
+    Ok(sslobj.clone().unbind())
+}
+
+/// The protocol object, its instance dict (its attributes are read and written there, without
+/// attribute lookup through the class hierarchy) and its fixed parts.
+struct Proto<'a, 'py> {
+    obj: &'a Bound<'py, PyAny>,
+    dict: Bound<'py, PyDict>,
+    conn: Bound<'py, TlsConn>,
+}
+
+impl<'a, 'py> Proto<'a, 'py> {
+    fn new(obj: &'a Bound<'py, PyAny>) -> PyResult<Self> {
+        let py = obj.py();
+        // SAFETY: `obj` is a valid object; PyObject_GenericGetDict returns a new reference to
+        // its instance dict (creating it if needed) or NULL with an exception set (no dict).
+        let dict = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyObject_GenericGetDict(obj.as_ptr(), std::ptr::null_mut()),
+            )?
+        }
+        .downcast_into::<PyDict>()?;
+        let key = intern!(py, "_ferroloop_tls_conn");
+        let conn = match dict.get_item(key)? {
+            Some(c) => c.downcast_into::<TlsConn>()?,
+            None => {
+                let get = |name: &Bound<'py, PyString>| -> PyResult<PyObject> {
+                    Ok(match dict.get_item(name)? {
+                        Some(v) => v,
+                        None => obj.getattr(name)?,
+                    }
+                    .unbind())
+                };
+                let max_size = get(intern!(py, "max_size"))?;
+                let max_len = max_size.bind(py).extract::<usize>().unwrap_or(usize::MAX);
+                let conn = Bound::new(
+                    py,
+                    TlsConn {
+                        incoming: get(intern!(py, "_incoming"))?,
+                        outgoing: get(intern!(py, "_outgoing"))?,
+                        sslobj: ssl_core(get(intern!(py, "_sslobj"))?.bind(py))?,
+                        backlog: get(intern!(py, "_write_backlog"))?,
+                        max_size,
+                        max_len,
+                    },
+                )?;
+                dict.set_item(key, &conn)?;
+                conn
+            }
+        };
+        Ok(Proto { obj, dict, conn })
+    }
+
+    fn incoming(&self) -> &Bound<'py, PyAny> {
+        self.conn.get().incoming.bind(self.obj.py())
+    }
+
+    fn outgoing(&self) -> &Bound<'py, PyAny> {
+        self.conn.get().outgoing.bind(self.obj.py())
+    }
+
+    fn sslobj(&self) -> &Bound<'py, PyAny> {
+        self.conn.get().sslobj.bind(self.obj.py())
+    }
+
+    fn backlog(&self) -> &Bound<'py, PyAny> {
+        self.conn.get().backlog.bind(self.obj.py())
+    }
+
+    fn py(&self) -> Python<'py> {
+        self.obj.py()
+    }
+
+    /// The attribute, from the instance dict or else (class attributes) by normal lookup.
+    fn get(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+        match self.dict.get_item(name)? {
+            Some(v) => Ok(v),
+            None => self.obj.getattr(name),
+        }
+    }
+
+    fn flag(&self, name: &Bound<'py, PyString>) -> PyResult<bool> {
+        self.get(name)?.is_truthy()
+    }
+
+    /// An integer attribute; `None` when it is not a machine-sized integer (then the caller
+    /// leaves the decision to asyncio's Python code).
+    fn int(&self, name: &Bound<'py, PyString>) -> PyResult<Option<i64>> {
+        Ok(self.get(name)?.extract::<i64>().ok())
+    }
+
+    fn add_to_write_buffer_size(&self, delta: i64) -> PyResult<()> {
+        let name = intern!(self.py(), "_write_buffer_size");
+        let size = self.get(name)?;
+        let updated = match size.extract::<i64>() {
+            Ok(n) => (n + delta).into_pyobject(self.py())?.into_any(),
+            Err(_) => size.add(delta)?,
+        };
+        self.dict.set_item(name, updated)
+    }
+
+    fn state_is(&self, state: &PyObject) -> PyResult<bool> {
+        Ok(self.get(intern!(self.py(), "_state"))?.is(state))
+    }
+
+    /// asyncio's `_fatal_error(exc, message)` for an `Exception`; anything else (KeyboardInterrupt,
+    /// SystemExit...) propagates, as in asyncio.
+    fn fail(&self, err: PyErr, message: &str) -> PyResult<()> {
+        let py = self.py();
+        if !err.is_instance_of::<PyException>(py) {
+            return Err(err);
+        }
+        self.obj
+            .call_method1(intern!(py, "_fatal_error"), (err.value(py), message))?;
+        Ok(())
+    }
+}
+
+fn pending(bio: &Bound<'_, PyAny>) -> PyResult<i64> {
+    bio.getattr(intern!(bio.py(), "pending"))?.extract()
+}
+
+fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
+    Ok(err.matches(py, sslproto(py)?.again.bind(py))?)
+}
+
+/// The transport received `data` for a protocol of ours: asyncio's `buffer_updated`.
+pub(crate) fn feed(protocol: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<()> {
+    let py = protocol.py();
+    let p = Proto::new(protocol)?;
+    let incoming = p.incoming();
+    if data.len() <= COPY_LIMIT {
+        incoming.call_method1(intern!(py, "write"), (PyBytes::new(py, data),))?;
+    } else {
+        // SAFETY: a read-only memoryview over `data`, which outlives it: the view goes only to
+        // `MemoryBIO.write`, which copies the bytes and keeps no reference, and is released
+        // before this function returns.
+        let view = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyMemoryView_FromMemory(
+                    data.as_ptr() as *mut std::os::raw::c_char,
+                    data.len() as ffi::Py_ssize_t,
+                    ffi::PyBUF_READ,
+                ),
+            )?
+        };
+        let written = incoming.call_method1(intern!(py, "write"), (&view,));
+        // Fails only if something kept an export of the view, which MemoryBIO never does.
+        let _ = view.call_method0(intern!(py, "release"));
+        written?;
+    }
+    let consts = sslproto(py)?;
+    if p.state_is(&consts.wrapped)? {
+        do_read_in(&p)
+    } else {
+        // Handshake, flushing or shutdown: asyncio's dispatch on the state.
+        protocol.call_method0(intern!(py, "_ferroloop_after_incoming"))?;
+        Ok(())
+    }
+}
+
+/// asyncio's `_do_read`: decrypt what arrived and hand it to the application, then send what
+/// the TLS layer has to send and check the incoming flow control.
+#[pyfunction]
+pub(crate) fn _tls_do_read(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    let p = Proto::new(protocol)?;
+    let consts = sslproto(p.py())?;
+    if p.state_is(&consts.wrapped)? || p.state_is(&consts.flushing)? {
+        do_read_in(&p)
+    } else {
+        Ok(())
+    }
+}
+
+fn do_read_in(p: &Proto<'_, '_>) -> PyResult<()> {
+    match do_read_steps(p) {
+        Ok(()) => Ok(()),
+        Err(e) => p.fail(e, "Fatal error on SSL protocol"),
+    }
+}
+
+fn do_read_steps(p: &Proto<'_, '_>) -> PyResult<()> {
+    let py = p.py();
+    if !p.flag(intern!(py, "_app_reading_paused"))? {
+        if p.flag(intern!(py, "_app_protocol_is_buffer"))? {
+            p.obj.call_method0(intern!(py, "_do_read__buffered"))?;
+        } else {
+            read_copied(p)?;
+        }
+        if p.backlog().len()? > 0 {
+            do_write_steps(p)?;
+        } else {
+            process_outgoing_steps(p)?;
+        }
+    }
+    control_ssl_reading(p)
+}
+
+/// Decrypted bytes land here before they are copied into a `bytes` of their own size: asking
+/// `SSLObject.read()` for a new object would allocate `max_size` (256 KiB) per record and
+/// shrink it, which costs far more than the decryption of a small record.
+const READ_BUF_LEN: usize = 256 * 1024;
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One `SSLObject.read(max_size)`, through the thread's reusable buffer when possible.
+fn read_chunk<'py>(
+    sslobj: &Bound<'py, PyAny>,
+    max_size: &Bound<'py, PyAny>,
+    max_len: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = sslobj.py();
+    if max_len == 0 || max_len > READ_BUF_LEN {
+        return sslobj.call_method1(intern!(py, "read"), (max_size,));
+    }
+    READ_BUF.with(|cell| {
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            return sslobj.call_method1(intern!(py, "read"), (max_size,));
+        };
+        if buf.len() < max_len {
+            buf.resize(max_len, 0);
+        }
+        // SAFETY: a writable memoryview over `max_len` bytes of this thread's buffer, which is
+        // borrowed (so nothing else touches it) until the view is released below. The ssl
+        // module writes into it through the buffer protocol and keeps no reference.
+        let view = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyMemoryView_FromMemory(
+                    buf.as_mut_ptr() as *mut std::os::raw::c_char,
+                    max_len as ffi::Py_ssize_t,
+                    ffi::PyBUF_WRITE,
+                ),
+            )?
+        };
+        let count = sslobj.call_method1(intern!(py, "read"), (max_size, &view));
+        let _ = view.call_method0(intern!(py, "release"));
+        let n: usize = count?.extract()?;
+        Ok(PyBytes::new(py, &buf[..n.min(max_len)]).into_any())
+    })
+}
+
+/// Decrypts everything available into `bytes` for `data_received`; at close_notify, asyncio's
+/// end-of-stream handling.
+fn read_copied(p: &Proto<'_, '_>) -> PyResult<()> {
+    let py = p.py();
+    let sslobj = p.sslobj();
+    let incoming = p.incoming();
+    let max_size = p.conn.get().max_size.bind(py);
+    let max_len = p.conn.get().max_len;
+    let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
+    let mut end_of_stream = false;
+    loop {
+        let chunk = match read_chunk(sslobj, max_size, max_len) {
+            Ok(c) => c,
+            Err(e) if is_again(py, &e)? => break,
+            Err(e) => return Err(e),
+        };
+        let len = chunk.len()?;
+        if len == 0 {
+            end_of_stream = true; // the peer's close_notify
+            break;
+        }
+        chunks.push(chunk);
+        // Decrypted bytes wait in the SSLObject only when the read filled the whole size.
+        if pending(incoming)? == 0
+            && (len < max_len
+                || sslobj
+                    .call_method0(intern!(py, "pending"))?
+                    .extract::<i64>()?
+                    == 0)
+        {
+            break; // nothing left to decrypt: another read could only raise SSLWantReadError
+        }
+    }
+    if !chunks.is_empty() {
+        let data = if chunks.len() == 1 {
+            chunks.swap_remove(0)
+        } else {
+            PyBytes::new(py, b"")
+                .call_method1(intern!(py, "join"), (chunks,))?
+                .into_any()
+        };
+        p.get(intern!(py, "_app_protocol"))?
+            .call_method1(intern!(py, "data_received"), (data,))?;
+    }
+    if end_of_stream {
+        p.obj.call_method0(intern!(py, "_call_eof_received"))?;
+        p.obj.call_method0(intern!(py, "_start_shutdown"))?;
+    }
+    Ok(())
+}
+
+/// asyncio's `_do_write`: encrypt the application's backlog, then send.
+#[pyfunction]
+pub(crate) fn _tls_do_write(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    do_write_steps(&Proto::new(protocol)?)
+}
+
+fn do_write_steps(p: &Proto<'_, '_>) -> PyResult<()> {
+    let py = p.py();
+    let backlog = p.backlog();
+    let sslobj = p.sslobj();
+    let encrypted = (|| -> PyResult<()> {
+        while backlog.len()? > 0 {
+            let data = backlog.get_item(0)?;
+            let count: isize = sslobj
+                .call_method1(intern!(py, "write"), (&data,))?
+                .extract()?;
+            let data_len = data.len()? as isize;
+            if count < data_len {
+                backlog.set_item(0, data.get_item(PySlice::new(py, count, isize::MAX, 1))?)?;
+                p.add_to_write_buffer_size(-(count as i64))?;
+            } else {
+                backlog.call_method0(intern!(py, "popleft"))?;
+                p.add_to_write_buffer_size(-(data_len as i64))?;
+            }
+        }
+        Ok(())
+    })();
+    match encrypted {
+        Err(e) if !is_again(py, &e)? => return Err(e),
+        _ => {}
+    }
+    process_outgoing_steps(p)
+}
+
+/// asyncio's `_process_outgoing`: hand what the TLS layer produced to the transport, then check
+/// the application's write flow control.
+#[pyfunction]
+pub(crate) fn _tls_process_outgoing(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    process_outgoing_steps(&Proto::new(protocol)?)
+}
+
+fn process_outgoing_steps(p: &Proto<'_, '_>) -> PyResult<()> {
+    let py = p.py();
+    if !p.flag(intern!(py, "_ssl_writing_paused"))? {
+        let outgoing = p.outgoing();
+        if pending(outgoing)? > 0 {
+            let data = outgoing.call_method0(intern!(py, "read"))?;
+            p.get(intern!(py, "_transport"))?
+                .call_method1(intern!(py, "write"), (data,))?;
+        }
+    }
+    control_app_writing(p)
+}
+
+/// asyncio's `_control_app_writing`, called only when the application's pause state changes.
+fn control_app_writing(p: &Proto<'_, '_>) -> PyResult<()> {
+    let py = p.py();
+    let outgoing = p.outgoing();
+    let paused = p.flag(intern!(py, "_app_writing_paused"))?;
+    let watermark = if paused {
+        intern!(py, "_outgoing_low_water")
+    } else {
+        intern!(py, "_outgoing_high_water")
+    };
+    let changes = match (p.int(intern!(py, "_write_buffer_size"))?, p.int(watermark)?) {
+        (Some(size), Some(mark)) => {
+            let size = size + pending(outgoing)?;
+            if paused {
+                size <= mark
+            } else {
+                size >= mark
+            }
+        }
+        _ => true, // unusual values: let asyncio's code decide
+    };
+    if changes {
+        p.obj.call_method0(intern!(py, "_control_app_writing"))?;
+    }
+    Ok(())
+}
+
+/// asyncio's `_control_ssl_reading`, called only when the transport's pause state changes.
+fn control_ssl_reading(p: &Proto<'_, '_>) -> PyResult<()> {
+    let py = p.py();
+    let paused = p.flag(intern!(py, "_ssl_reading_paused"))?;
+    let watermark = if paused {
+        intern!(py, "_incoming_low_water")
+    } else {
+        intern!(py, "_incoming_high_water")
+    };
+    let changes = match p.int(watermark)? {
+        Some(mark) => {
+            let size = pending(p.incoming())?;
+            if paused {
+                size <= mark
+            } else {
+                size >= mark
+            }
+        }
+        None => true,
+    };
+    if changes {
+        p.obj.call_method0(intern!(py, "_control_ssl_reading"))?;
+    }
+    Ok(())
+}
+
+/// asyncio's `_write_appdata(list_of_data)`.
+#[pyfunction]
+pub(crate) fn _tls_write_appdata(
+    protocol: &Bound<'_, PyAny>,
+    list_of_data: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = protocol.py();
+    let p = Proto::new(protocol)?;
+    let consts = sslproto(py)?;
+    if !p.state_is(&consts.wrapped)? {
+        // Before the handshake completes (queued) or once closing (counted, dropped).
+        consts
+            .base_write_appdata
+            .bind(py)
+            .call1((protocol, list_of_data))?;
+        return Ok(());
+    }
+    let backlog = p.backlog();
+    for data in list_of_data.try_iter()? {
+        let data = data?;
+        let len = data.len()? as i64;
+        backlog.call_method1(intern!(py, "append"), (&data,))?;
+        p.add_to_write_buffer_size(len)?;
+    }
+    match do_write_steps(&p) {
+        Ok(()) => Ok(()),
+        Err(e) => p.fail(e, "Fatal error on SSL protocol"),
+    }
+}
+
+/// The application transport's `write(data)` for non-empty bytes-like `data`: asyncio's
+/// `_write_appdata((data,))`, without queueing when nothing is queued before it.
+#[pyfunction]
+pub(crate) fn _tls_write(protocol: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = protocol.py();
+    let p = Proto::new(protocol)?;
+    let consts = sslproto(py)?;
+    let backlog = p.backlog();
+    if !p.state_is(&consts.wrapped)? || backlog.len()? > 0 {
+        return _tls_write_appdata(protocol, &PyTuple::new(py, [data])?.into_any());
+    }
+    let sent = (|| -> PyResult<()> {
+        let len = data.len()? as isize;
+        let sslobj = p.sslobj();
+        let count: isize = match sslobj.call_method1(intern!(py, "write"), (data,)) {
+            Ok(c) => c.extract()?,
+            Err(e) if is_again(py, &e)? => {
+                // Nothing encrypted: queue it all, send what the TLS layer has.
+                backlog.call_method1(intern!(py, "append"), (data,))?;
+                p.add_to_write_buffer_size(len as i64)?;
+                return process_outgoing_steps(&p);
+            }
+            Err(e) => {
+                backlog.call_method1(intern!(py, "append"), (data,))?;
+                p.add_to_write_buffer_size(len as i64)?;
+                return Err(e);
+            }
+        };
+        if count < len {
+            let rest = data.get_item(PySlice::new(py, count, isize::MAX, 1))?;
+            backlog.call_method1(intern!(py, "append"), (rest,))?;
+            p.add_to_write_buffer_size((len - count) as i64)?;
+            return do_write_steps(&p);
+        }
+        process_outgoing_steps(&p)
+    })();
+    match sent {
+        Ok(()) => Ok(()),
+        Err(e) => p.fail(e, "Fatal error on SSL protocol"),
+    }
+}
+
+static APP_WRITE_DEF: crate::fastcall::MethodDef = crate::fastcall::MethodDef(ffi::PyMethodDef {
+    ml_name: c"write".as_ptr() as *const c_char,
+    ml_meth: ffi::PyMethodDefPointer { PyCFunction: app_write },
+    ml_flags: ffi::METH_O as c_int,
+    ml_doc: c"write(data)\n--\n\nEncrypt data and send it (buffered if the connection cannot take it yet)."
+        .as_ptr() as *const c_char,
+});
+
+/// Makes `cls.write` (the application-side TLS transport's) a native method: the same checks
+/// as asyncio's `_SSLProtocolTransport.write`, then [`_tls_write`], with no Python frame.
+#[pyfunction]
+pub(crate) fn _tls_install_app_write(cls: &Bound<'_, PyType>) -> PyResult<()> {
+    let py = cls.py();
+    // SAFETY: `cls` is a type object; the method definition is 'static. On success
+    // PyDescr_NewMethod returns a new reference, which we take over.
+    let descr = unsafe {
+        let p = ffi::PyDescr_NewMethod(
+            cls.as_ptr() as *mut ffi::PyTypeObject,
+            &APP_WRITE_DEF.0 as *const ffi::PyMethodDef as *mut ffi::PyMethodDef,
+        );
+        Bound::from_owned_ptr_or_err(py, p)?
+    };
+    cls.setattr(intern!(py, "write"), descr)
+}
+
+unsafe extern "C" fn app_write(
+    slf: *mut ffi::PyObject,
+    data: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls method functions with the GIL held.
+    let py = unsafe { Python::assume_gil_acquired() };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: METH_O convention: `slf` is the receiver (an instance of the class the
+        // descriptor was made for, checked by CPython) and `data` the one argument, both
+        // borrowed for the duration of the call.
+        let (slf, data) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, slf),
+                Bound::from_borrowed_ptr(py, data),
+            )
+        };
+        app_write_body(&slf, &data)
+    }));
+    match outcome {
+        Ok(Ok(())) => {
+            // SAFETY: returning a new reference to None, as a method without result does.
+            unsafe { ffi::Py_NewRef(ffi::Py_None()) }
+        }
+        Ok(Err(err)) => {
+            err.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            PyRuntimeError::new_err("ferroloop: internal error (Rust panic) in TLS write")
+                .restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+fn app_write_body(slf: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = slf.py();
+    // SAFETY: type checks on a valid object.
+    let bytes_like = unsafe {
+        let p = data.as_ptr();
+        ffi::PyBytes_Check(p) != 0
+            || ffi::PyByteArray_Check(p) != 0
+            || ffi::PyMemoryView_Check(p) != 0
+    };
+    if !bytes_like {
+        return Err(PyTypeError::new_err(format!(
+            "data: expecting a bytes-like instance, got {}",
+            data.get_type().name()?
+        )));
+    }
+    if data.len()? == 0 {
+        return Ok(());
+    }
+    _tls_write(&slf.getattr(intern!(py, "_ssl_protocol"))?, data)
+}
