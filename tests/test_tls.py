@@ -262,3 +262,320 @@ def test_tls_many_small_records_then_close_notify(loop, certs):
     received, at_eof = loop.run_until_complete(main())
     assert received == b"".join(pieces)
     assert at_eof
+
+
+# ---------------------------------------------------------------- the record path (src/tls.rs)
+
+
+async def _tls_pair(loop, certs, server_factory, client_factory=None, **client_kw):
+    """A TLS server with ``server_factory`` and one client connection to it."""
+    server_ctx, client_ctx = _contexts(certs)
+    srv = await loop.create_server(server_factory, "127.0.0.1", 0, ssl=server_ctx)
+    port = srv.sockets[0].getsockname()[1]
+    tr, proto = await loop.create_connection(
+        client_factory or asyncio.Protocol,
+        "127.0.0.1",
+        port,
+        ssl=client_kw.pop("ssl", client_ctx),
+        server_hostname="localhost",
+        **client_kw,
+    )
+    return srv, tr, proto
+
+
+class _Collect(asyncio.Protocol):
+    def __init__(self):
+        self.data = bytearray()
+        self.events = []
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.data += data
+
+    def eof_received(self):
+        self.events.append("eof")
+
+    def pause_writing(self):
+        self.events.append("pause_writing")
+
+    def resume_writing(self):
+        self.events.append("resume_writing")
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(exc)
+
+
+def test_tls_app_write_flow_control(loop, certs):
+    # The peer does not read: the application's writes pile up above the TLS layer's high
+    # water mark, pause_writing() is called once; when the peer reads, resume_writing() follows
+    # and every byte arrives in order.
+    server_side = []
+
+    def make_server():
+        p = _Collect()
+        server_side.append(p)
+        return p
+
+    async def main():
+        srv, tr, proto = await _tls_pair(loop, certs, make_server, _Collect)
+        await asyncio.sleep(0.05)
+        peer = server_side[0]
+        peer.transport.pause_reading()
+        tr.set_write_buffer_limits(high=64 * 1024)
+        chunk = bytes(range(256)) * 256  # 64 KiB
+        sent = bytearray()
+        for _ in range(1024):  # up to 64 MiB: the kernel's buffers take several first
+            tr.write(chunk)
+            sent += chunk
+            if "pause_writing" in proto.events:
+                break
+        paused = list(proto.events)
+        size_when_paused = tr.get_write_buffer_size()
+        peer.transport.resume_reading()
+        for _ in range(1000):
+            if len(peer.data) >= len(sent):
+                break
+            await asyncio.sleep(0.01)
+        tr.close()
+        await proto.done
+        srv.close()
+        await srv.wait_closed()
+        return paused, size_when_paused, proto.events, bytes(peer.data) == bytes(sent)
+
+    paused, size, events, intact = loop.run_until_complete(main())
+    assert paused == ["pause_writing"]
+    assert size > 0
+    assert events[:2] == ["pause_writing", "resume_writing"]
+    assert intact
+
+
+def test_tls_app_transport_write_arguments(loop, certs):
+    received = []
+
+    class Server(_Collect):
+        def data_received(self, data):
+            super().data_received(data)
+            received.append(bytes(self.data))
+
+    async def main():
+        srv, tr, proto = await _tls_pair(loop, certs, Server, _Collect)
+        errors = []
+        for bad in ("text", 12, None, [b"x"]):
+            try:
+                tr.write(bad)
+            except TypeError as exc:
+                errors.append(str(exc))
+        tr.write(b"")
+        tr.write(bytearray(b"ab"))
+        tr.write(memoryview(b"xcdx")[1:3])
+        tr.writelines([b"ef", bytearray(b"gh"), memoryview(b"ij")])
+        for _ in range(200):
+            if received and received[-1] == b"abcdefghij":
+                break
+            await asyncio.sleep(0.01)
+        tr.close()
+        tr.write(b"after close")  # ignored, as asyncio does
+        await proto.done
+        srv.close()
+        await srv.wait_closed()
+        return errors, received[-1]
+
+    errors, data = loop.run_until_complete(main())
+    assert errors == [
+        "data: expecting a bytes-like instance, got str",
+        "data: expecting a bytes-like instance, got int",
+        "data: expecting a bytes-like instance, got NoneType",
+        "data: expecting a bytes-like instance, got list",
+    ]
+    assert data == b"abcdefghij"
+
+
+def test_tls_pause_reading_holds_data_back(loop, certs):
+    server_side = []
+
+    def make_server():
+        p = _Collect()
+        server_side.append(p)
+        return p
+
+    async def main():
+        srv, tr, proto = await _tls_pair(loop, certs, make_server, _Collect)
+        await asyncio.sleep(0.05)
+        tr.pause_reading()
+        reading = tr.is_reading()
+        server_side[0].transport.write(b"held back")
+        await asyncio.sleep(0.1)
+        while_paused = bytes(proto.data)
+        tr.resume_reading()
+        for _ in range(200):
+            if proto.data:
+                break
+            await asyncio.sleep(0.01)
+        tr.close()
+        await proto.done
+        srv.close()
+        await srv.wait_closed()
+        return reading, while_paused, bytes(proto.data)
+
+    assert loop.run_until_complete(main()) == (False, b"", b"held back")
+
+
+def test_tls_buffered_app_protocol(loop, certs):
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = memoryview(bytearray(1000))  # asyncio slices it: a bytearray would copy
+            self.data = bytearray()
+            self.done = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.data += self.buf[:nbytes]
+
+        def eof_received(self):
+            self.done.set_result(bytes(self.data))
+
+    class Sender(asyncio.Protocol):
+        def connection_made(self, transport):
+            transport.write(bytes(range(256)) * 400)  # 100 KiB, more than the buffer
+            transport.close()
+
+    async def main():
+        srv, tr, proto = await _tls_pair(loop, certs, Sender, Buffered)
+        data = await asyncio.wait_for(proto.done, 10)
+        tr.close()
+        srv.close()
+        await srv.wait_closed()
+        return data
+
+    assert loop.run_until_complete(main()) == bytes(range(256)) * 400
+
+
+def test_tls_data_received_error_reaches_the_handler(loop, certs):
+    class Failing(_Collect):
+        def data_received(self, data):
+            raise ZeroDivisionError("app bug")
+
+    class Greeter(asyncio.Protocol):
+        def connection_made(self, transport):
+            transport.write(b"hello")
+
+    async def main():
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        srv, tr, proto = await _tls_pair(loop, certs, Greeter, Failing)
+        exc = await asyncio.wait_for(proto.done, 10)
+        srv.close()
+        await srv.wait_closed()
+        return contexts, exc
+
+    contexts, exc = loop.run_until_complete(main())
+    assert [c["message"] for c in contexts] == ["Fatal error on SSL protocol"]
+    assert isinstance(contexts[0]["exception"], ZeroDivisionError)
+    assert isinstance(exc, ZeroDivisionError)
+
+
+def test_tls_custom_sslobject_class_is_used(loop, certs):
+    # SSLContext.sslobject_class lets users substitute the SSLObject: its methods must be
+    # the ones called for every record.
+    calls = {"read": 0, "write": 0}
+
+    class CountingSSLObject(ssl.SSLObject):
+        def read(self, *args):
+            calls["read"] += 1
+            return super().read(*args)
+
+        def write(self, data):
+            calls["write"] += 1
+            return super().write(data)
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    async def main():
+        _, client_ctx = _contexts(certs)
+        client_ctx.sslobject_class = CountingSSLObject
+        srv, tr, proto = await _tls_pair(loop, certs, Echo, _Collect, ssl=client_ctx)
+        tr.write(b"ping")
+        for _ in range(200):
+            if proto.data == b"ping":
+                break
+            await asyncio.sleep(0.01)
+        tr.close()
+        await proto.done
+        srv.close()
+        await srv.wait_closed()
+        return bytes(proto.data)
+
+    assert loop.run_until_complete(main()) == b"ping"
+    assert calls["read"] >= 1 and calls["write"] >= 1
+
+
+def test_tls_connections_use_the_native_record_path(ferroloop_loop, certs):
+    # ferroloop only: the protocol under a TLS connection is ferroloop's (its record path in
+    # Rust) and the application transport's write is the native method.
+    from ferroloop import _tls
+
+    async def main():
+        srv, tr, proto = await _tls_pair(ferroloop_loop, certs, asyncio.Protocol, _Collect)
+        kinds = (type(tr._ssl_protocol), type(tr.write).__name__, isinstance(tr, asyncio.Transport))
+        tr.close()
+        await proto.done
+        srv.close()
+        await srv.wait_closed()
+        return kinds
+
+    kinds = ferroloop_loop.run_until_complete(main())
+    assert kinds == (_tls.SSLProtocol, "builtin_function_or_method", True)
+
+
+def test_start_tls_uses_the_native_record_path(ferroloop_loop, certs):
+    # ferroloop only: start_tls (asyncio's code, borrowed) builds ferroloop's TLS protocol.
+    from ferroloop import _tls
+
+    server_ctx, client_ctx = _contexts(certs)
+
+    async def main():
+        accepted = ferroloop_loop.create_future()
+
+        def make_server():
+            p = _Collect()
+            accepted.set_result(p)
+            return p
+
+        srv = await ferroloop_loop.create_server(make_server, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        tr, proto = await ferroloop_loop.create_connection(_Collect, "127.0.0.1", port)
+        server_proto = await asyncio.wait_for(accepted, 5)
+        await asyncio.sleep(0.01)  # its connection_made has run
+        upgraded = await asyncio.gather(
+            ferroloop_loop.start_tls(tr, proto, client_ctx, server_hostname="localhost"),
+            ferroloop_loop.start_tls(
+                server_proto.transport, server_proto, server_ctx, server_side=True
+            ),
+        )
+        kinds = [type(t._ssl_protocol) for t in upgraded]
+        upgraded[1].write(b"over start_tls")
+        for _ in range(200):
+            if proto.data:
+                break
+            await asyncio.sleep(0.01)
+        for t in upgraded:
+            t.close()
+        srv.close()
+        await srv.wait_closed()
+        return kinds, bytes(proto.data)
+
+    assert ferroloop_loop.run_until_complete(main()) == (
+        [_tls.SSLProtocol, _tls.SSLProtocol],
+        b"over start_tls",
+    )

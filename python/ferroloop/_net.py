@@ -22,8 +22,11 @@ import ipaddress
 import os
 import socket
 import threading
-from asyncio import base_events, futures, selector_events, unix_events
+import types
+from asyncio import base_events, futures, selector_events, sslproto, unix_events
 from typing import Any
+
+from . import _tls
 
 _BASE = base_events.BaseEventLoop
 _SELECTOR = selector_events.BaseSelectorEventLoop
@@ -88,11 +91,41 @@ BORROWED: dict[type, tuple[str, ...]] = {
 }
 
 
+class _SSLProtoWithOurProtocol:
+    """``asyncio.sslproto`` as ``start_tls`` sees it: every name is asyncio's, except that
+    ``SSLProtocol`` is ferroloop's (its record path in Rust, ``_tls.py``)."""
+
+    SSLProtocol = _tls.SSLProtocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sslproto, name)
+
+
+def _with_our_ssl_protocol(func: Any) -> Any:
+    """asyncio's function (its code object, unchanged) reading ``sslproto`` from a copy of
+    its module's globals in which that name is the shim above."""
+    namespace = dict(func.__globals__)
+    namespace["sslproto"] = _SSLProtoWithOurProtocol()
+    clone = types.FunctionType(
+        func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__
+    )
+    clone.__kwdefaults__ = func.__kwdefaults__
+    clone.__qualname__ = func.__qualname__
+    clone.__doc__ = func.__doc__
+    return clone
+
+
+# Borrowed functions that construct asyncio's SSLProtocol: ferroloop's is used instead.
+_WITH_OUR_SSL_PROTOCOL = frozenset({"start_tls"})
+
+
 def _borrow(namespace: dict[str, Any]) -> None:
     for cls, names in BORROWED.items():
         for name in names:
             func = cls.__dict__.get(name)
             if func is not None:  # some helpers do not exist on every Python version
+                if name in _WITH_OUR_SSL_PROTOCOL:
+                    func = _with_our_ssl_protocol(func)
                 namespace[name] = func
 
 
