@@ -29,7 +29,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::types::{PyBytes, PyDict, PySlice, PyString, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PySlice, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 /// Values from `asyncio.sslproto`, looked up once.
@@ -72,6 +72,11 @@ pub(crate) struct TlsConn {
     outgoing: PyObject,
     sslobj: PyObject,
     backlog: PyObject,
+    /// Bound methods called per record, looked up once.
+    incoming_write: PyObject,
+    outgoing_read: PyObject,
+    ssl_read: PyObject,
+    ssl_write: PyObject,
     max_size: PyObject,
     /// `max_size` as a length (usize::MAX if it is not one).
     max_len: usize,
@@ -84,6 +89,10 @@ impl TlsConn {
         visit.call(&self.outgoing)?;
         visit.call(&self.sslobj)?;
         visit.call(&self.backlog)?;
+        visit.call(&self.incoming_write)?;
+        visit.call(&self.outgoing_read)?;
+        visit.call(&self.ssl_read)?;
+        visit.call(&self.ssl_write)?;
         visit.call(&self.max_size)
     }
 }
@@ -137,12 +146,22 @@ impl<'a, 'py> Proto<'a, 'py> {
                 };
                 let max_size = get(intern!(py, "max_size"))?;
                 let max_len = max_size.bind(py).extract::<usize>().unwrap_or(usize::MAX);
+                let incoming = get(intern!(py, "_incoming"))?;
+                let outgoing = get(intern!(py, "_outgoing"))?;
+                let sslobj = ssl_core(get(intern!(py, "_sslobj"))?.bind(py))?;
+                let method = |obj: &PyObject, name: &Bound<'py, PyString>| -> PyResult<PyObject> {
+                    Ok(obj.bind(py).getattr(name)?.unbind())
+                };
                 let conn = Bound::new(
                     py,
                     TlsConn {
-                        incoming: get(intern!(py, "_incoming"))?,
-                        outgoing: get(intern!(py, "_outgoing"))?,
-                        sslobj: ssl_core(get(intern!(py, "_sslobj"))?.bind(py))?,
+                        incoming_write: method(&incoming, intern!(py, "write"))?,
+                        outgoing_read: method(&outgoing, intern!(py, "read"))?,
+                        ssl_read: method(&sslobj, intern!(py, "read"))?,
+                        ssl_write: method(&sslobj, intern!(py, "write"))?,
+                        incoming,
+                        outgoing,
+                        sslobj,
                         backlog: get(intern!(py, "_write_backlog"))?,
                         max_size,
                         max_len,
@@ -169,6 +188,10 @@ impl<'a, 'py> Proto<'a, 'py> {
 
     fn backlog(&self) -> &Bound<'py, PyAny> {
         self.conn.get().backlog.bind(self.obj.py())
+    }
+
+    fn ssl_write(&self) -> &Bound<'py, PyAny> {
+        self.conn.get().ssl_write.bind(self.obj.py())
     }
 
     fn py(&self) -> Python<'py> {
@@ -232,9 +255,9 @@ fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
 pub(crate) fn feed(protocol: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<()> {
     let py = protocol.py();
     let p = Proto::new(protocol)?;
-    let incoming = p.incoming();
+    let incoming_write = p.conn.get().incoming_write.bind(py);
     if data.len() <= COPY_LIMIT {
-        incoming.call_method1(intern!(py, "write"), (PyBytes::new(py, data),))?;
+        incoming_write.call1((PyBytes::new(py, data),))?;
     } else {
         // SAFETY: a read-only memoryview over `data`, which outlives it: the view goes only to
         // `MemoryBIO.write`, which copies the bytes and keeps no reference, and is released
@@ -249,7 +272,7 @@ pub(crate) fn feed(protocol: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<()> {
                 ),
             )?
         };
-        let written = incoming.call_method1(intern!(py, "write"), (&view,));
+        let written = incoming_write.call1((&view,));
         // Fails only if something kept an export of the view, which MemoryBIO never does.
         let _ = view.call_method0(intern!(py, "release"));
         written?;
@@ -301,49 +324,45 @@ fn do_read_steps(p: &Proto<'_, '_>) -> PyResult<()> {
     control_ssl_reading(p)
 }
 
-/// Decrypted bytes land here before they are copied into a `bytes` of their own size: asking
-/// `SSLObject.read()` for a new object would allocate `max_size` (256 KiB) per record and
-/// shrink it, which costs far more than the decryption of a small record.
+/// Decrypted bytes land in this thread's buffer (a `bytearray` the ssl module writes into)
+/// before they are copied into a `bytes` of their own size: asking `SSLObject.read()` for a
+/// new object allocates `max_size` (256 KiB) per record and shrinks it afterwards.
 const READ_BUF_LEN: usize = 256 * 1024;
 
 thread_local! {
-    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static READ_BUF: std::cell::RefCell<Option<Py<PyByteArray>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// One `SSLObject.read(max_size)`, through the thread's reusable buffer when possible.
 fn read_chunk<'py>(
-    sslobj: &Bound<'py, PyAny>,
+    ssl_read: &Bound<'py, PyAny>,
     max_size: &Bound<'py, PyAny>,
     max_len: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let py = sslobj.py();
+    let py = ssl_read.py();
     if max_len == 0 || max_len > READ_BUF_LEN {
-        return sslobj.call_method1(intern!(py, "read"), (max_size,));
+        return ssl_read.call1((max_size,));
     }
     READ_BUF.with(|cell| {
-        let Ok(mut buf) = cell.try_borrow_mut() else {
-            return sslobj.call_method1(intern!(py, "read"), (max_size,));
+        // Borrowed for the whole call: the ssl module releases the GIL while it decrypts, but
+        // the buffer is this thread's, and no Python code runs on this thread meanwhile.
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return ssl_read.call1((max_size,));
         };
-        if buf.len() < max_len {
-            buf.resize(max_len, 0);
-        }
-        // SAFETY: a writable memoryview over `max_len` bytes of this thread's buffer, which is
-        // borrowed (so nothing else touches it) until the view is released below. The ssl
-        // module writes into it through the buffer protocol and keeps no reference.
-        let view = unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                ffi::PyMemoryView_FromMemory(
-                    buf.as_mut_ptr() as *mut std::os::raw::c_char,
-                    max_len as ffi::Py_ssize_t,
-                    ffi::PyBUF_WRITE,
-                ),
-            )?
+        let buf = match slot.as_ref() {
+            Some(b) => b.bind(py).clone(),
+            None => {
+                let b = PyByteArray::new(py, &vec![0u8; READ_BUF_LEN]);
+                *slot = Some(b.clone().unbind());
+                b
+            }
         };
-        let count = sslobj.call_method1(intern!(py, "read"), (max_size, &view));
-        let _ = view.call_method0(intern!(py, "release"));
-        let n: usize = count?.extract()?;
-        Ok(PyBytes::new(py, &buf[..n.min(max_len)]).into_any())
+        let n: usize = ssl_read.call1((max_size, &buf))?.extract()?;
+        // SAFETY: the bytearray is never resized (it is private to this function) and holds
+        // READ_BUF_LEN bytes; `n` is at most the size asked for, itself at most that length.
+        let bytes = unsafe { buf.as_bytes() };
+        Ok(PyBytes::new(py, &bytes[..n.min(max_len)]).into_any())
     })
 }
 
@@ -352,13 +371,14 @@ fn read_chunk<'py>(
 fn read_copied(p: &Proto<'_, '_>) -> PyResult<()> {
     let py = p.py();
     let sslobj = p.sslobj();
+    let ssl_read = p.conn.get().ssl_read.bind(py);
     let incoming = p.incoming();
     let max_size = p.conn.get().max_size.bind(py);
     let max_len = p.conn.get().max_len;
     let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
     let mut end_of_stream = false;
     loop {
-        let chunk = match read_chunk(sslobj, max_size, max_len) {
+        let chunk = match read_chunk(ssl_read, max_size, max_len) {
             Ok(c) => c,
             Err(e) if is_again(py, &e)? => break,
             Err(e) => return Err(e),
@@ -407,13 +427,11 @@ pub(crate) fn _tls_do_write(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
 fn do_write_steps(p: &Proto<'_, '_>) -> PyResult<()> {
     let py = p.py();
     let backlog = p.backlog();
-    let sslobj = p.sslobj();
+    let ssl_write = p.ssl_write();
     let encrypted = (|| -> PyResult<()> {
         while backlog.len()? > 0 {
             let data = backlog.get_item(0)?;
-            let count: isize = sslobj
-                .call_method1(intern!(py, "write"), (&data,))?
-                .extract()?;
+            let count: isize = ssl_write.call1((&data,))?.extract()?;
             let data_len = data.len()? as isize;
             if count < data_len {
                 backlog.set_item(0, data.get_item(PySlice::new(py, count, isize::MAX, 1))?)?;
@@ -444,7 +462,7 @@ fn process_outgoing_steps(p: &Proto<'_, '_>) -> PyResult<()> {
     if !p.flag(intern!(py, "_ssl_writing_paused"))? {
         let outgoing = p.outgoing();
         if pending(outgoing)? > 0 {
-            let data = outgoing.call_method0(intern!(py, "read"))?;
+            let data = p.conn.get().outgoing_read.bind(py).call0()?;
             p.get(intern!(py, "_transport"))?
                 .call_method1(intern!(py, "write"), (data,))?;
         }
@@ -548,8 +566,7 @@ pub(crate) fn _tls_write(protocol: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -
     }
     let sent = (|| -> PyResult<()> {
         let len = data.len()? as isize;
-        let sslobj = p.sslobj();
-        let count: isize = match sslobj.call_method1(intern!(py, "write"), (data,)) {
+        let count: isize = match p.ssl_write().call1((data,)) {
             Ok(c) => c.extract()?,
             Err(e) if is_again(py, &e)? => {
                 // Nothing encrypted: queue it all, send what the TLS layer has.
