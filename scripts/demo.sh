@@ -21,3 +21,6 @@ python bench/bench_core.py --quick --loops asyncio,uvloop,rloop,ferroloop
 echo
 echo "== network benchmark (quick): echo and HTTP servers under the native load generator"
 python bench/bench_net.py --quick --loops asyncio,uvloop,rloop,ferroloop
+echo
+echo "== TLS benchmark (quick): 1 KiB echo over TLS, server and clients on the loop under test"
+python bench/bench_io.py --quick --rows tls_echo --loops asyncio,uvloop,rloop,ferroloop
