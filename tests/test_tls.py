@@ -579,3 +579,61 @@ def test_start_tls_uses_the_native_record_path(ferroloop_loop, certs):
         [_tls.SSLProtocol, _tls.SSLProtocol],
         b"over start_tls",
     )
+
+
+def test_tls_garbage_after_handshake_fails_the_connection(loop, certs):
+    # The peer's TCP stream carries bytes that are not a TLS record once the connection is up:
+    # decryption fails, the connection is closed and connection_lost() gets the SSLError (an
+    # OSError: asyncio logs it only in debug mode, the exception handler is not called).
+    accepted = []
+
+    def make_server():
+        p = _Collect()
+        accepted.append(p)
+        return p
+
+    async def main():
+        handled = []
+        loop.set_exception_handler(lambda lp, ctx: handled.append(ctx))
+        srv, tr, proto = await _tls_pair(loop, certs, make_server, _Collect)
+        for _ in range(100):
+            if accepted and hasattr(accepted[0], "transport"):
+                break
+            await asyncio.sleep(0.01)
+        raw = accepted[0].transport._ssl_protocol._transport  # the TCP transport below TLS
+        raw.write(b"\x17\x03\x03\x00\x10" + b"not a record" * 4)
+        exc = await asyncio.wait_for(proto.done, 10)
+        srv.close()
+        await srv.wait_closed()
+        return exc, handled
+
+    exc, handled = loop.run_until_complete(main())
+    assert isinstance(exc, ssl.SSLError)
+    assert handled == []
+
+
+def test_tls_peer_aborts_mid_stream(loop, certs):
+    # The peer drops the TCP connection without close_notify while data flows.
+    accepted = []
+
+    def make_server():
+        p = _Collect()
+        accepted.append(p)
+        return p
+
+    async def main():
+        srv, tr, proto = await _tls_pair(loop, certs, make_server, _Collect)
+        for _ in range(100):
+            if accepted and hasattr(accepted[0], "transport"):
+                break
+            await asyncio.sleep(0.01)
+        accepted[0].transport.write(b"x" * 100_000)
+        accepted[0].transport.abort()
+        exc = await asyncio.wait_for(proto.done, 10)
+        srv.close()
+        await srv.wait_closed()
+        return exc, len(proto.data) <= 100_000
+
+    exc, bounded = loop.run_until_complete(main())
+    assert exc is None  # what asyncio's SSLProtocol reports for a dropped peer
+    assert bounded
