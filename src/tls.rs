@@ -672,5 +672,10 @@ fn app_write_body(slf: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<(
     if data.len()? == 0 {
         return Ok(());
     }
-    _tls_write(&slf.getattr(intern!(py, "_ssl_protocol"))?, data)
+    let protocol = slf.getattr(intern!(py, "_ssl_protocol"))?;
+    if protocol.is_none() {
+        // Closed twice: asyncio's write then fails looking up `_write_appdata` on None.
+        protocol.getattr(intern!(py, "_write_appdata"))?;
+    }
+    _tls_write(&protocol, data)
 }

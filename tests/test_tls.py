@@ -379,6 +379,11 @@ def test_tls_app_transport_write_arguments(loop, certs):
             await asyncio.sleep(0.01)
         tr.close()
         tr.write(b"after close")  # ignored, as asyncio does
+        tr.close()  # a second close forgets the protocol: writing fails as asyncio's does
+        try:
+            tr.write(b"after the second close")
+        except AttributeError as exc:
+            errors.append(str(exc))
         await proto.done
         srv.close()
         await srv.wait_closed()
@@ -390,6 +395,7 @@ def test_tls_app_transport_write_arguments(loop, certs):
         "data: expecting a bytes-like instance, got int",
         "data: expecting a bytes-like instance, got NoneType",
         "data: expecting a bytes-like instance, got list",
+        "'NoneType' object has no attribute '_write_appdata'",
     ]
     assert data == b"abcdefghij"
 
