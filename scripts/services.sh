@@ -35,6 +35,7 @@ PG_DB=ferroloop
 PG_DATA="$DIR/pg/data"
 PG_RUN="$DIR/pg/run"
 PG_LOG="$DIR/pg/postgres.log"
+PG_TLS="$DIR/pg/tls"
 REDIS_DIR="$DIR/redis"
 
 log() { echo "services: $*" >&2; }
@@ -112,7 +113,14 @@ start_pg() {
   fi
   # A cluster that is not running is stale test data (say, from a killed session): start over.
   rm -rf "$DIR/pg"
-  mkdir -p "$PG_DATA" "$PG_RUN"
+  mkdir -p "$PG_DATA" "$PG_RUN" "$PG_TLS"
+  # TLS as well (asyncpg's ssl= upgrades the connection with loop.start_tls): a self-signed
+  # certificate for 127.0.0.1, which the tests trust as their CA.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=localhost" \
+    -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+    -keyout "$PG_TLS/server.key" -out "$PG_TLS/server.crt" >/dev/null 2>&1 ||
+    die "openssl could not make PostgreSQL's test certificate"
+  chmod 600 "$PG_TLS/server.key"
   local pwfile="$DIR/pg/pwfile"
   printf '%s\n' "$PG_PASSWORD" >"$pwfile"
   if [ "$(id -u)" = 0 ]; then
@@ -130,7 +138,8 @@ start_pg() {
   rm -f "$pwfile"
   pg_as_user "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 30 start \
     -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_RUN -c fsync=off \
-        -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+        -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+        -c ssl=on -c ssl_cert_file=$PG_TLS/server.crt -c ssl_key_file=$PG_TLS/server.key" \
     >/dev/null || {
     cat "$PG_LOG" >&2 || true
     die "PostgreSQL did not start (port $PG_PORT in use? set FERROLOOP_PG_PORT)"
@@ -180,6 +189,10 @@ FERROLOOP_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 FERROLOOP_PG_UNIX_URL=postgresql://$PG_USER@/$PG_DB?host=$PG_RUN&port=$PG_PORT
 FERROLOOP_REDIS_UNIX_URL=unix://$REDIS_DIR/redis.sock?db=0
 EOF
+  if [ -f "$PG_TLS/server.crt" ]; then
+    echo "# PostgreSQL also speaks TLS; its self-signed certificate, to trust as the CA." >>"$ENV_FILE.tmp"
+    echo "FERROLOOP_PG_SSL_CA=$PG_TLS/server.crt" >>"$ENV_FILE.tmp"
+  fi
   mv "$ENV_FILE.tmp" "$ENV_FILE"
   log "connection URLs in $ENV_FILE"
 }

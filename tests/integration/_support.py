@@ -46,6 +46,7 @@ def services_env() -> dict[str, str]:
         "FERROLOOP_REDIS_URL",
         "FERROLOOP_PG_UNIX_URL",
         "FERROLOOP_REDIS_UNIX_URL",
+        "FERROLOOP_PG_SSL_CA",
     ):
         if os.environ.get(key):
             found[key] = os.environ[key]

@@ -39,6 +39,12 @@ def pg_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def pg_ssl_ca() -> str:
+    """The test server's self-signed TLS certificate (it also accepts TLS connections)."""
+    return service_url("FERROLOOP_PG_SSL_CA", "PostgreSQL's TLS certificate")
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     """redis://127.0.0.1:port/0 of the test server."""
     return service_url("FERROLOOP_REDIS_URL", "Redis")

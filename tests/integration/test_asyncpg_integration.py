@@ -12,6 +12,7 @@ import datetime as dt
 import decimal
 import io
 import json
+import ssl
 import uuid
 from typing import Any
 
@@ -224,3 +225,25 @@ def test_unix_socket(run: Any, pg_unix_url: str) -> None:
             await conn.close()
 
     assert run(scenario) == [True, 50000, 50000, sum(range(20000))]
+
+
+def test_tls_connection(run: Any, pg_url: str, pg_ssl_ca: str) -> None:
+    # asyncpg asks the server for TLS, then upgrades the socket with loop.start_tls().
+    context = ssl.create_default_context(cafile=pg_ssl_ca)
+    blob = bytes(range(256)) * 1000
+
+    async def scenario() -> list[Any]:
+        conn = await asyncpg.connect(pg_url, ssl=context)
+        try:
+            encrypted = await conn.fetchval(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            )
+            rows = await conn.fetch(
+                "SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 2000) AS g"
+            )
+            echoed = await conn.fetchval("SELECT $1::bytea", blob)
+            return [encrypted, len(rows), sum(r["g"] for r in rows), echoed == blob]
+        finally:
+            await conn.close()
+
+    assert run(scenario) == [True, 2000, sum(range(1, 2001)), True]
