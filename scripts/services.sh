@@ -62,7 +62,10 @@ pg_bindir() {
   return 1
 }
 
-have_services() { pg_bindir >/dev/null && command -v redis-server >/dev/null && command -v redis-cli >/dev/null; }
+have_services() {
+  pg_bindir >/dev/null && command -v redis-server >/dev/null && command -v redis-cli >/dev/null &&
+    command -v openssl >/dev/null # the test certificates (PostgreSQL over TLS, tests/test_tls.py)
+}
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then
@@ -82,8 +85,8 @@ cmd_install() {
   log "installing postgresql and redis-server with apt-get"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    -o Dpkg::Use-Pty=0 postgresql redis-server >/dev/null
-  have_services || die "postgresql / redis-server still missing after apt-get install"
+    -o Dpkg::Use-Pty=0 postgresql redis-server openssl >/dev/null
+  have_services || die "postgresql / redis-server / openssl still missing after apt-get install"
   log "installed postgresql ($(pg_bindir)) and $(redis-server --version | cut -d' ' -f1-3)"
 }
 
