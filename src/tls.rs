@@ -24,7 +24,9 @@
 use std::ffi::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyAttributeError, PyException, PyRuntimeError, PyTypeError};
+
+use crate::gilcell::GilCell;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -113,42 +115,331 @@ fn ssl_core(sslobj: &Bound<'_, PyAny>) -> PyResult<PyObject> {
     Ok(sslobj.clone().unbind())
 }
 
-/// The protocol object, its instance dict (its attributes are read and written there, without
-/// attribute lookup through the class hierarchy) and its fixed parts.
+/// The protocol attributes the record path reads and writes, stored natively (see [`TlsCore`]).
+#[derive(Clone, Copy)]
+enum A {
+    State,
+    Incoming,
+    Outgoing,
+    Sslobj,
+    WriteBacklog,
+    WriteBufferSize,
+    AppProtocol,
+    AppProtocolIsBuffer,
+    Transport,
+    AppReadingPaused,
+    SslWritingPaused,
+    SslReadingPaused,
+    AppWritingPaused,
+    IncomingHighWater,
+    IncomingLowWater,
+    OutgoingHighWater,
+    OutgoingLowWater,
+}
+
+const ATTRS: usize = 17;
+
+const ATTR_NAMES: [&str; ATTRS] = [
+    "_state",
+    "_incoming",
+    "_outgoing",
+    "_sslobj",
+    "_write_backlog",
+    "_write_buffer_size",
+    "_app_protocol",
+    "_app_protocol_is_buffer",
+    "_transport",
+    "_app_reading_paused",
+    "_ssl_writing_paused",
+    "_ssl_reading_paused",
+    "_app_writing_paused",
+    "_incoming_high_water",
+    "_incoming_low_water",
+    "_outgoing_high_water",
+    "_outgoing_low_water",
+];
+
+/// Native base class of ferroloop's TLS protocol (`class SSLProtocol(TlsCore,
+/// asyncio.sslproto.SSLProtocol)`): the attributes the record path uses live here instead of
+/// the instance dict. asyncio's Python code reads and assigns them under their usual names
+/// (they are data descriptors on this class), and the record path reads them as fields,
+/// without attribute lookups. An attribute never assigned raises `AttributeError`, as a missing
+/// instance attribute does.
+#[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
+pub(crate) struct TlsCore {
+    attrs: GilCell<CoreAttrs>,
+}
+
+struct CoreAttrs {
+    values: [Option<PyObject>; ATTRS],
+    /// Derived from `_incoming`, `_outgoing`, `_sslobj` and `_write_backlog`; dropped when one
+    /// of them is assigned.
+    conn: Option<Py<TlsConn>>,
+}
+
+impl TlsCore {
+    fn attr<'py>(&self, slf: &Bound<'py, TlsCore>, a: A) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        match self.attrs.with(py, |c| {
+            c.values[a as usize].as_ref().map(|v| v.clone_ref(py))
+        })? {
+            Some(v) => Ok(v.into_bound(py)),
+            None => Err(PyAttributeError::new_err(format!(
+                "'{}' object has no attribute '{}'",
+                slf.get_type().name()?,
+                ATTR_NAMES[a as usize]
+            ))),
+        }
+    }
+
+    fn set_attr(&self, slf: &Bound<'_, TlsCore>, a: A, value: Option<PyObject>) -> PyResult<()> {
+        let py = slf.py();
+        let derived = matches!(a, A::Incoming | A::Outgoing | A::Sslobj | A::WriteBacklog);
+        // The replaced values are released after the cell is left (their finalizers may run
+        // Python code that reads these attributes).
+        let (old, old_conn) = self.attrs.with(py, |c| {
+            let old = std::mem::replace(&mut c.values[a as usize], value);
+            let old_conn = if derived { c.conn.take() } else { None };
+            (old, old_conn)
+        })?;
+        drop((old, old_conn));
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl TlsCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        TlsCore {
+            attrs: GilCell::new(CoreAttrs {
+                values: Default::default(),
+                conn: None,
+            }),
+        }
+    }
+
+    #[getter(_state)]
+    fn get_state(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::State)?.unbind())
+    }
+
+    #[setter(_state)]
+    fn set_state(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::State, value)
+    }
+
+    #[getter(_incoming)]
+    fn get_incoming(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::Incoming)?.unbind())
+    }
+
+    #[setter(_incoming)]
+    fn set_incoming(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::Incoming, value)
+    }
+
+    #[getter(_outgoing)]
+    fn get_outgoing(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::Outgoing)?.unbind())
+    }
+
+    #[setter(_outgoing)]
+    fn set_outgoing(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::Outgoing, value)
+    }
+
+    #[getter(_sslobj)]
+    fn get_sslobj(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::Sslobj)?.unbind())
+    }
+
+    #[setter(_sslobj)]
+    fn set_sslobj(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::Sslobj, value)
+    }
+
+    #[getter(_write_backlog)]
+    fn get_write_backlog(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::WriteBacklog)?.unbind())
+    }
+
+    #[setter(_write_backlog)]
+    fn set_write_backlog(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::WriteBacklog, value)
+    }
+
+    #[getter(_write_buffer_size)]
+    fn get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::WriteBufferSize)?.unbind())
+    }
+
+    #[setter(_write_buffer_size)]
+    fn set_write_buffer_size(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::WriteBufferSize, value)
+    }
+
+    #[getter(_app_protocol)]
+    fn get_app_protocol(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::AppProtocol)?.unbind())
+    }
+
+    #[setter(_app_protocol)]
+    fn set_app_protocol(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::AppProtocol, value)
+    }
+
+    #[getter(_app_protocol_is_buffer)]
+    fn get_app_protocol_is_buffer(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::AppProtocolIsBuffer)?.unbind())
+    }
+
+    #[setter(_app_protocol_is_buffer)]
+    fn set_app_protocol_is_buffer(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::AppProtocolIsBuffer, value)
+    }
+
+    #[getter(_transport)]
+    fn get_transport(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::Transport)?.unbind())
+    }
+
+    #[setter(_transport)]
+    fn set_transport(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::Transport, value)
+    }
+
+    #[getter(_app_reading_paused)]
+    fn get_app_reading_paused(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::AppReadingPaused)?.unbind())
+    }
+
+    #[setter(_app_reading_paused)]
+    fn set_app_reading_paused(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::AppReadingPaused, value)
+    }
+
+    #[getter(_ssl_writing_paused)]
+    fn get_ssl_writing_paused(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::SslWritingPaused)?.unbind())
+    }
+
+    #[setter(_ssl_writing_paused)]
+    fn set_ssl_writing_paused(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::SslWritingPaused, value)
+    }
+
+    #[getter(_ssl_reading_paused)]
+    fn get_ssl_reading_paused(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::SslReadingPaused)?.unbind())
+    }
+
+    #[setter(_ssl_reading_paused)]
+    fn set_ssl_reading_paused(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::SslReadingPaused, value)
+    }
+
+    #[getter(_app_writing_paused)]
+    fn get_app_writing_paused(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::AppWritingPaused)?.unbind())
+    }
+
+    #[setter(_app_writing_paused)]
+    fn set_app_writing_paused(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::AppWritingPaused, value)
+    }
+
+    #[getter(_incoming_high_water)]
+    fn get_incoming_high_water(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::IncomingHighWater)?.unbind())
+    }
+
+    #[setter(_incoming_high_water)]
+    fn set_incoming_high_water(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::IncomingHighWater, value)
+    }
+
+    #[getter(_incoming_low_water)]
+    fn get_incoming_low_water(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::IncomingLowWater)?.unbind())
+    }
+
+    #[setter(_incoming_low_water)]
+    fn set_incoming_low_water(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::IncomingLowWater, value)
+    }
+
+    #[getter(_outgoing_high_water)]
+    fn get_outgoing_high_water(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::OutgoingHighWater)?.unbind())
+    }
+
+    #[setter(_outgoing_high_water)]
+    fn set_outgoing_high_water(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::OutgoingHighWater, value)
+    }
+
+    #[getter(_outgoing_low_water)]
+    fn get_outgoing_low_water(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        Ok(slf.get().attr(slf, A::OutgoingLowWater)?.unbind())
+    }
+
+    #[setter(_outgoing_low_water)]
+    fn set_outgoing_low_water(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
+        slf.get().set_attr(slf, A::OutgoingLowWater, value)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: the collector calls tp_traverse with the GIL held; the token is only used
+        // to enter our own cell, which refuses (and we skip) if it is in use.
+        let py = unsafe { Python::assume_gil_acquired() };
+        let res = self.attrs.try_with(py, |c| -> Result<(), PyTraverseError> {
+            for v in c.values.iter().flatten() {
+                visit.call(v)?;
+            }
+            if let Some(conn) = &c.conn {
+                visit.call(conn)?;
+            }
+            Ok(())
+        });
+        res.unwrap_or(Ok(()))
+    }
+
+    fn __clear__(&self) {
+        // SAFETY: tp_clear runs with the GIL held.
+        let py = unsafe { Python::assume_gil_acquired() };
+        let taken = self
+            .attrs
+            .try_with(py, |c| (std::mem::take(&mut c.values), c.conn.take()));
+        drop(taken);
+    }
+}
+
+/// The protocol object, its native attributes and the parts derived from them.
 struct Proto<'a, 'py> {
     obj: &'a Bound<'py, PyAny>,
-    dict: Bound<'py, PyDict>,
+    core: Bound<'py, TlsCore>,
     conn: Bound<'py, TlsConn>,
 }
 
 impl<'a, 'py> Proto<'a, 'py> {
     fn new(obj: &'a Bound<'py, PyAny>) -> PyResult<Self> {
         let py = obj.py();
-        // SAFETY: `obj` is a valid object; PyObject_GenericGetDict returns a new reference to
-        // its instance dict (creating it if needed) or NULL with an exception set (no dict).
-        let dict = unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                ffi::PyObject_GenericGetDict(obj.as_ptr(), std::ptr::null_mut()),
-            )?
-        }
-        .downcast_into::<PyDict>()?;
-        let key = intern!(py, "_ferroloop_tls_conn");
-        let conn = match dict.get_item(key)? {
-            Some(c) => c.downcast_into::<TlsConn>()?,
+        let core = obj.downcast::<TlsCore>()?.clone();
+        let cached = core
+            .get()
+            .attrs
+            .with(py, |c| c.conn.as_ref().map(|v| v.clone_ref(py)))?;
+        let conn = match cached {
+            Some(c) => c.into_bound(py),
             None => {
-                let get = |name: &Bound<'py, PyString>| -> PyResult<PyObject> {
-                    Ok(match dict.get_item(name)? {
-                        Some(v) => v,
-                        None => obj.getattr(name)?,
-                    }
-                    .unbind())
-                };
-                let max_size = get(intern!(py, "max_size"))?;
+                let get = |a: A| -> PyResult<PyObject> { Ok(core.get().attr(&core, a)?.unbind()) };
+                let max_size = obj.getattr(intern!(py, "max_size"))?.unbind();
                 let max_len = max_size.bind(py).extract::<usize>().unwrap_or(usize::MAX);
-                let incoming = get(intern!(py, "_incoming"))?;
-                let outgoing = get(intern!(py, "_outgoing"))?;
-                let sslobj = ssl_core(get(intern!(py, "_sslobj"))?.bind(py))?;
+                let incoming = get(A::Incoming)?;
+                let outgoing = get(A::Outgoing)?;
+                let sslobj = ssl_core(get(A::Sslobj)?.bind(py))?;
                 let method = |obj: &PyObject, name: &Bound<'py, PyString>| -> PyResult<PyObject> {
                     Ok(obj.bind(py).getattr(name)?.unbind())
                 };
@@ -162,16 +453,17 @@ impl<'a, 'py> Proto<'a, 'py> {
                         incoming,
                         outgoing,
                         sslobj,
-                        backlog: get(intern!(py, "_write_backlog"))?,
+                        backlog: get(A::WriteBacklog)?,
                         max_size,
                         max_len,
                     },
                 )?;
-                dict.set_item(key, &conn)?;
+                let keep = conn.clone().unbind();
+                core.get().attrs.with(py, |c| c.conn = Some(keep))?;
                 conn
             }
         };
-        Ok(Proto { obj, dict, conn })
+        Ok(Proto { obj, core, conn })
     }
 
     fn incoming(&self) -> &Bound<'py, PyAny> {
@@ -198,36 +490,33 @@ impl<'a, 'py> Proto<'a, 'py> {
         self.obj.py()
     }
 
-    /// The attribute, from the instance dict or else (class attributes) by normal lookup.
-    fn get(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
-        match self.dict.get_item(name)? {
-            Some(v) => Ok(v),
-            None => self.obj.getattr(name),
-        }
+    fn get(&self, a: A) -> PyResult<Bound<'py, PyAny>> {
+        self.core.get().attr(&self.core, a)
     }
 
-    fn flag(&self, name: &Bound<'py, PyString>) -> PyResult<bool> {
-        self.get(name)?.is_truthy()
+    fn flag(&self, a: A) -> PyResult<bool> {
+        self.get(a)?.is_truthy()
     }
 
     /// An integer attribute; `None` when it is not a machine-sized integer (then the caller
     /// leaves the decision to asyncio's Python code).
-    fn int(&self, name: &Bound<'py, PyString>) -> PyResult<Option<i64>> {
-        Ok(self.get(name)?.extract::<i64>().ok())
+    fn int(&self, a: A) -> PyResult<Option<i64>> {
+        Ok(self.get(a)?.extract::<i64>().ok())
     }
 
     fn add_to_write_buffer_size(&self, delta: i64) -> PyResult<()> {
-        let name = intern!(self.py(), "_write_buffer_size");
-        let size = self.get(name)?;
+        let size = self.get(A::WriteBufferSize)?;
         let updated = match size.extract::<i64>() {
             Ok(n) => (n + delta).into_pyobject(self.py())?.into_any(),
             Err(_) => size.add(delta)?,
         };
-        self.dict.set_item(name, updated)
+        self.core
+            .get()
+            .set_attr(&self.core, A::WriteBufferSize, Some(updated.unbind()))
     }
 
     fn state_is(&self, state: &PyObject) -> PyResult<bool> {
-        Ok(self.get(intern!(self.py(), "_state"))?.is(state))
+        Ok(self.get(A::State)?.is(state))
     }
 
     /// asyncio's `_fatal_error(exc, message)` for an `Exception`; anything else (KeyboardInterrupt,
@@ -309,8 +598,8 @@ fn do_read_in(p: &Proto<'_, '_>) -> PyResult<()> {
 
 fn do_read_steps(p: &Proto<'_, '_>) -> PyResult<()> {
     let py = p.py();
-    if !p.flag(intern!(py, "_app_reading_paused"))? {
-        if p.flag(intern!(py, "_app_protocol_is_buffer"))? {
+    if !p.flag(A::AppReadingPaused)? {
+        if p.flag(A::AppProtocolIsBuffer)? {
             p.obj.call_method0(intern!(py, "_do_read__buffered"))?;
         } else {
             read_copied(p)?;
@@ -408,7 +697,7 @@ fn read_copied(p: &Proto<'_, '_>) -> PyResult<()> {
                 .call_method1(intern!(py, "join"), (chunks,))?
                 .into_any()
         };
-        p.get(intern!(py, "_app_protocol"))?
+        p.get(A::AppProtocol)?
             .call_method1(intern!(py, "data_received"), (data,))?;
     }
     if end_of_stream {
@@ -459,11 +748,11 @@ pub(crate) fn _tls_process_outgoing(protocol: &Bound<'_, PyAny>) -> PyResult<()>
 
 fn process_outgoing_steps(p: &Proto<'_, '_>) -> PyResult<()> {
     let py = p.py();
-    if !p.flag(intern!(py, "_ssl_writing_paused"))? {
+    if !p.flag(A::SslWritingPaused)? {
         let outgoing = p.outgoing();
         if pending(outgoing)? > 0 {
             let data = p.conn.get().outgoing_read.bind(py).call0()?;
-            p.get(intern!(py, "_transport"))?
+            p.get(A::Transport)?
                 .call_method1(intern!(py, "write"), (data,))?;
         }
     }
@@ -474,13 +763,13 @@ fn process_outgoing_steps(p: &Proto<'_, '_>) -> PyResult<()> {
 fn control_app_writing(p: &Proto<'_, '_>) -> PyResult<()> {
     let py = p.py();
     let outgoing = p.outgoing();
-    let paused = p.flag(intern!(py, "_app_writing_paused"))?;
+    let paused = p.flag(A::AppWritingPaused)?;
     let watermark = if paused {
-        intern!(py, "_outgoing_low_water")
+        A::OutgoingLowWater
     } else {
-        intern!(py, "_outgoing_high_water")
+        A::OutgoingHighWater
     };
-    let changes = match (p.int(intern!(py, "_write_buffer_size"))?, p.int(watermark)?) {
+    let changes = match (p.int(A::WriteBufferSize)?, p.int(watermark)?) {
         (Some(size), Some(mark)) => {
             let size = size + pending(outgoing)?;
             if paused {
@@ -500,11 +789,11 @@ fn control_app_writing(p: &Proto<'_, '_>) -> PyResult<()> {
 /// asyncio's `_control_ssl_reading`, called only when the transport's pause state changes.
 fn control_ssl_reading(p: &Proto<'_, '_>) -> PyResult<()> {
     let py = p.py();
-    let paused = p.flag(intern!(py, "_ssl_reading_paused"))?;
+    let paused = p.flag(A::SslReadingPaused)?;
     let watermark = if paused {
-        intern!(py, "_incoming_low_water")
+        A::IncomingLowWater
     } else {
-        intern!(py, "_incoming_high_water")
+        A::IncomingHighWater
     };
     let changes = match p.int(watermark)? {
         Some(mark) => {

@@ -643,3 +643,36 @@ def test_tls_peer_aborts_mid_stream(loop, certs):
     exc, bounded = loop.run_until_complete(main())
     assert exc is None  # what asyncio's SSLProtocol reports for a dropped peer
     assert bounded
+
+
+def test_tls_protocols_are_freed(ferroloop_loop, certs):
+    # ferroloop only: the native base of the TLS protocol takes part in garbage collection, so
+    # closed connections leave no protocol behind.
+    import gc
+
+    from ferroloop._ferroloop import TlsCore
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    async def main():
+        for _ in range(20):
+            srv, tr, proto = await _tls_pair(ferroloop_loop, certs, Echo, _Collect)
+            tr.write(b"ping")
+            for _ in range(200):
+                if proto.data:
+                    break
+                await asyncio.sleep(0.01)
+            tr.close()
+            await proto.done
+            srv.close()
+            await srv.wait_closed()
+
+    ferroloop_loop.run_until_complete(main())
+    ferroloop_loop.run_until_complete(asyncio.sleep(0.05))
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, TlsCore)] == []

@@ -232,6 +232,28 @@ class StreamTransport:
     def _polling(self) -> tuple[bool, bool]: ...
 
 # TLS record path (src/tls.rs); `protocol` is a ferroloop._tls.SSLProtocol.
+class TlsCore:
+    """Native base of ferroloop's TLS protocol: the attributes its record path uses."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+    _state: Any
+    _incoming: Any
+    _outgoing: Any
+    _sslobj: Any
+    _write_backlog: Any
+    _write_buffer_size: Any
+    _app_protocol: Any
+    _app_protocol_is_buffer: Any
+    _transport: Any
+    _app_reading_paused: Any
+    _ssl_writing_paused: Any
+    _ssl_reading_paused: Any
+    _app_writing_paused: Any
+    _incoming_high_water: Any
+    _incoming_low_water: Any
+    _outgoing_high_water: Any
+    _outgoing_low_water: Any
+
 def _tls_do_read(protocol: Any) -> None: ...
 def _tls_do_write(protocol: Any) -> None: ...
 def _tls_process_outgoing(protocol: Any) -> None: ...

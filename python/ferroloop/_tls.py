@@ -22,6 +22,7 @@ from asyncio import sslproto
 from typing import Any
 
 from ._ferroloop import (
+    TlsCore,
     _tls_do_read,
     _tls_do_write,
     _tls_install_app_write,
@@ -40,7 +41,10 @@ class _SSLProtocolTransport(sslproto._SSLProtocolTransport):
 _tls_install_app_write(_SSLProtocolTransport)
 
 
-class SSLProtocol(sslproto.SSLProtocol):
+class SSLProtocol(TlsCore, sslproto.SSLProtocol):
+    # TlsCore (src/tls.rs) stores the attributes the record path uses (_state, the BIOs, the
+    # flow-control flags and watermarks...) natively; asyncio's code below uses them as usual.
+
     def _get_app_transport(self) -> Any:
         if self._app_transport is None:
             if self._app_transport_created:
