@@ -226,8 +226,8 @@ impl TlsCore {
     }
 
     #[setter(_state)]
-    fn set_state(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::State, value)
+    fn set_state(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::State, Some(value))
     }
 
     #[getter(_incoming)]
@@ -236,8 +236,8 @@ impl TlsCore {
     }
 
     #[setter(_incoming)]
-    fn set_incoming(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::Incoming, value)
+    fn set_incoming(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::Incoming, Some(value))
     }
 
     #[getter(_outgoing)]
@@ -246,8 +246,8 @@ impl TlsCore {
     }
 
     #[setter(_outgoing)]
-    fn set_outgoing(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::Outgoing, value)
+    fn set_outgoing(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::Outgoing, Some(value))
     }
 
     #[getter(_sslobj)]
@@ -256,8 +256,8 @@ impl TlsCore {
     }
 
     #[setter(_sslobj)]
-    fn set_sslobj(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::Sslobj, value)
+    fn set_sslobj(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::Sslobj, Some(value))
     }
 
     #[getter(_write_backlog)]
@@ -266,8 +266,8 @@ impl TlsCore {
     }
 
     #[setter(_write_backlog)]
-    fn set_write_backlog(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::WriteBacklog, value)
+    fn set_write_backlog(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::WriteBacklog, Some(value))
     }
 
     #[getter(_write_buffer_size)]
@@ -276,8 +276,8 @@ impl TlsCore {
     }
 
     #[setter(_write_buffer_size)]
-    fn set_write_buffer_size(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::WriteBufferSize, value)
+    fn set_write_buffer_size(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::WriteBufferSize, Some(value))
     }
 
     #[getter(_app_protocol)]
@@ -286,8 +286,8 @@ impl TlsCore {
     }
 
     #[setter(_app_protocol)]
-    fn set_app_protocol(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::AppProtocol, value)
+    fn set_app_protocol(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::AppProtocol, Some(value))
     }
 
     #[getter(_app_protocol_is_buffer)]
@@ -296,8 +296,8 @@ impl TlsCore {
     }
 
     #[setter(_app_protocol_is_buffer)]
-    fn set_app_protocol_is_buffer(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::AppProtocolIsBuffer, value)
+    fn set_app_protocol_is_buffer(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::AppProtocolIsBuffer, Some(value))
     }
 
     #[getter(_transport)]
@@ -306,8 +306,8 @@ impl TlsCore {
     }
 
     #[setter(_transport)]
-    fn set_transport(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::Transport, value)
+    fn set_transport(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::Transport, Some(value))
     }
 
     #[getter(_app_reading_paused)]
@@ -316,8 +316,8 @@ impl TlsCore {
     }
 
     #[setter(_app_reading_paused)]
-    fn set_app_reading_paused(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::AppReadingPaused, value)
+    fn set_app_reading_paused(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::AppReadingPaused, Some(value))
     }
 
     #[getter(_ssl_writing_paused)]
@@ -326,8 +326,8 @@ impl TlsCore {
     }
 
     #[setter(_ssl_writing_paused)]
-    fn set_ssl_writing_paused(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::SslWritingPaused, value)
+    fn set_ssl_writing_paused(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::SslWritingPaused, Some(value))
     }
 
     #[getter(_ssl_reading_paused)]
@@ -336,8 +336,8 @@ impl TlsCore {
     }
 
     #[setter(_ssl_reading_paused)]
-    fn set_ssl_reading_paused(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::SslReadingPaused, value)
+    fn set_ssl_reading_paused(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::SslReadingPaused, Some(value))
     }
 
     #[getter(_app_writing_paused)]
@@ -346,8 +346,8 @@ impl TlsCore {
     }
 
     #[setter(_app_writing_paused)]
-    fn set_app_writing_paused(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::AppWritingPaused, value)
+    fn set_app_writing_paused(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::AppWritingPaused, Some(value))
     }
 
     #[getter(_incoming_high_water)]
@@ -356,8 +356,8 @@ impl TlsCore {
     }
 
     #[setter(_incoming_high_water)]
-    fn set_incoming_high_water(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::IncomingHighWater, value)
+    fn set_incoming_high_water(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::IncomingHighWater, Some(value))
     }
 
     #[getter(_incoming_low_water)]
@@ -366,8 +366,8 @@ impl TlsCore {
     }
 
     #[setter(_incoming_low_water)]
-    fn set_incoming_low_water(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::IncomingLowWater, value)
+    fn set_incoming_low_water(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::IncomingLowWater, Some(value))
     }
 
     #[getter(_outgoing_high_water)]
@@ -376,8 +376,8 @@ impl TlsCore {
     }
 
     #[setter(_outgoing_high_water)]
-    fn set_outgoing_high_water(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::OutgoingHighWater, value)
+    fn set_outgoing_high_water(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::OutgoingHighWater, Some(value))
     }
 
     #[getter(_outgoing_low_water)]
@@ -386,8 +386,8 @@ impl TlsCore {
     }
 
     #[setter(_outgoing_low_water)]
-    fn set_outgoing_low_water(slf: &Bound<'_, Self>, value: Option<PyObject>) -> PyResult<()> {
-        slf.get().set_attr(slf, A::OutgoingLowWater, value)
+    fn set_outgoing_low_water(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+        slf.get().set_attr(slf, A::OutgoingLowWater, Some(value))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -409,6 +409,7 @@ impl TlsCore {
     fn __clear__(&self) {
         // SAFETY: tp_clear runs with the GIL held.
         let py = unsafe { Python::assume_gil_acquired() };
+        // As a plain object's dict is cleared: the attributes go, breaking cycles through them.
         let taken = self
             .attrs
             .try_with(py, |c| (std::mem::take(&mut c.values), c.conn.take()));

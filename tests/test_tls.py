@@ -676,3 +676,41 @@ def test_tls_protocols_are_freed(ferroloop_loop, certs):
     ferroloop_loop.run_until_complete(asyncio.sleep(0.05))
     gc.collect()
     assert [o for o in gc.get_objects() if isinstance(o, TlsCore)] == []
+
+
+def test_tls_abort_after_connection_lost(loop, certs):
+    # connection_lost() leaves the protocol's transport set to None; aborting the application
+    # transport afterwards is harmless (websockets does this when closing).
+    class Closer(asyncio.Protocol):
+        def connection_made(self, transport):
+            transport.close()
+
+    async def main():
+        srv, tr, proto = await _tls_pair(loop, certs, Closer, _Collect)
+        await asyncio.wait_for(proto.done, 10)
+        tr.abort()
+        tr.close()
+        srv.close()
+        await srv.wait_closed()
+        return tr.is_closing()
+
+    assert loop.run_until_complete(main()) is True
+
+
+def test_tls_native_attributes_behave_like_instance_attributes():
+    # ferroloop only: TlsCore's attributes (src/tls.rs) as plain instance attributes behave.
+    from ferroloop._ferroloop import TlsCore
+
+    class Proto(TlsCore):
+        pass
+
+    p = Proto()
+    with pytest.raises(AttributeError, match="'Proto' object has no attribute '_transport'"):
+        p._transport  # noqa: B018
+    p._transport = None
+    assert p._transport is None
+    marker = object()
+    p._state = marker
+    assert p._state is marker
+    with pytest.raises(AttributeError):
+        del p._state
