@@ -11,8 +11,10 @@
 //! - **outgoing**: application writes are encrypted with `SSLObject.write()` and what the
 //!   outgoing BIO then holds is written to the transport.
 //!
-//! State lives where asyncio's code keeps it, in the protocol's instance attributes, so the
-//! Python methods running on the rare paths always see what they expect. Whenever anything but
+//! State keeps the names asyncio's code uses: the attributes the record path touches (`_state`,
+//! the BIOs, the flow-control flags and watermarks...) are fields of [`TlsCore`], the protocol's
+//! native base class, exposed to Python as data descriptors, so asyncio's methods running on the
+//! rare paths read and assign them as usual while Rust reads fields. Whenever anything but
 //! the common case happens (the connection is not in the WRAPPED or FLUSHING state, a
 //! flow-control threshold is crossed, the application protocol is a `BufferedProtocol`, the
 //! peer sent close_notify), the functions here call asyncio's Python method for it.

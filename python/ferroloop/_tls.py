@@ -12,8 +12,9 @@ every TLS record (``src/tls.rs``) is native:
 
 The methods below that asyncio's Python code calls on its own paths (``_do_read`` after the
 handshake or on ``resume_reading``, ``_process_outgoing`` when the transport drains...) lead to
-the same native functions, so there is one implementation of each step. The state stays in the
-attributes asyncio's code uses.
+the same native functions, so there is one implementation of each step. The state keeps the
+attribute names asyncio's code uses; those the record path reads per record are stored in the
+native base class ``TlsCore``.
 """
 
 from __future__ import annotations
