@@ -714,3 +714,49 @@ def test_tls_native_attributes_behave_like_instance_attributes():
     assert p._state is marker
     with pytest.raises(AttributeError):
         del p._state
+
+
+def test_tls_loops_in_several_threads_keep_their_data_apart(loop_factory, certs):
+    # Three threads, each with its own loop and TLS connections, echo distinct payloads at
+    # the same time (the ssl module releases the GIL while it decrypts): every byte comes back
+    # to the connection that sent it.
+    import threading
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    results: dict[int, bool] = {}
+
+    def worker(n: int) -> None:
+        lp = loop_factory()
+
+        async def main() -> bool:
+            srv, tr, proto = await _tls_pair(lp, certs, Echo, _Collect)
+            expected = bytearray()
+            for i in range(200):
+                chunk = bytes([n]) * (100 + i * 37)
+                tr.write(chunk)
+                expected += chunk
+                while len(proto.data) < len(expected):
+                    await asyncio.sleep(0)
+            tr.close()
+            await proto.done
+            srv.close()
+            await srv.wait_closed()
+            return bytes(proto.data) == bytes(expected)
+
+        try:
+            results[n] = lp.run_until_complete(asyncio.wait_for(main(), 20))
+        finally:
+            lp.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == {1: True, 2: True, 3: True}
