@@ -309,16 +309,31 @@ class _Collect(asyncio.Protocol):
             self.done.set_result(exc)
 
 
+def _collecting_server():
+    """A server protocol factory making `_Collect`s, and the list of those it made."""
+    made: list[_Collect] = []
+
+    def factory():
+        p = _Collect()
+        made.append(p)
+        return p
+
+    return factory, made
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
 def test_tls_app_write_flow_control(loop, certs):
     # The peer does not read: the application's writes pile up above the TLS layer's high
     # water mark, pause_writing() is called once; when the peer reads, resume_writing() follows
     # and every byte arrives in order.
-    server_side = []
-
-    def make_server():
-        p = _Collect()
-        server_side.append(p)
-        return p
+    make_server, server_side = _collecting_server()
 
     async def main():
         srv, tr, proto = await _tls_pair(loop, certs, make_server, _Collect)
@@ -401,12 +416,7 @@ def test_tls_app_transport_write_arguments(loop, certs):
 
 
 def test_tls_pause_reading_holds_data_back(loop, certs):
-    server_side = []
-
-    def make_server():
-        p = _Collect()
-        server_side.append(p)
-        return p
+    make_server, server_side = _collecting_server()
 
     async def main():
         srv, tr, proto = await _tls_pair(loop, certs, make_server, _Collect)
@@ -500,17 +510,10 @@ def test_tls_custom_sslobject_class_is_used(loop, certs):
             calls["write"] += 1
             return super().write(data)
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
     async def main():
         _, client_ctx = _contexts(certs)
         client_ctx.sslobject_class = CountingSSLObject
-        srv, tr, proto = await _tls_pair(loop, certs, Echo, _Collect, ssl=client_ctx)
+        srv, tr, proto = await _tls_pair(loop, certs, _Echo, _Collect, ssl=client_ctx)
         tr.write(b"ping")
         for _ in range(200):
             if proto.data == b"ping":
@@ -591,12 +594,7 @@ def test_tls_garbage_after_handshake_fails_the_connection(loop, certs):
     # The peer's TCP stream carries bytes that are not a TLS record once the connection is up:
     # decryption fails, the connection is closed and connection_lost() gets the SSLError (an
     # OSError: asyncio logs it only in debug mode, the exception handler is not called).
-    accepted = []
-
-    def make_server():
-        p = _Collect()
-        accepted.append(p)
-        return p
+    make_server, accepted = _collecting_server()
 
     async def main():
         handled = []
@@ -620,12 +618,7 @@ def test_tls_garbage_after_handshake_fails_the_connection(loop, certs):
 
 def test_tls_peer_aborts_mid_stream(loop, certs):
     # The peer drops the TCP connection without close_notify while data flows.
-    accepted = []
-
-    def make_server():
-        p = _Collect()
-        accepted.append(p)
-        return p
+    make_server, accepted = _collecting_server()
 
     async def main():
         srv, tr, proto = await _tls_pair(loop, certs, make_server, _Collect)
@@ -652,16 +645,9 @@ def test_tls_protocols_are_freed(ferroloop_loop, certs):
 
     from ferroloop._ferroloop import TlsCore
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
     async def main():
         for _ in range(20):
-            srv, tr, proto = await _tls_pair(ferroloop_loop, certs, Echo, _Collect)
+            srv, tr, proto = await _tls_pair(ferroloop_loop, certs, _Echo, _Collect)
             tr.write(b"ping")
             for _ in range(200):
                 if proto.data:
@@ -722,20 +708,13 @@ def test_tls_loops_in_several_threads_keep_their_data_apart(loop_factory, certs)
     # to the connection that sent it.
     import threading
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
     results: dict[int, bool] = {}
 
     def worker(n: int) -> None:
         lp = loop_factory()
 
         async def main() -> bool:
-            srv, tr, proto = await _tls_pair(lp, certs, Echo, _Collect)
+            srv, tr, proto = await _tls_pair(lp, certs, _Echo, _Collect)
             expected = bytearray()
             for i in range(200):
                 chunk = bytes([n]) * (100 + i * 37)
