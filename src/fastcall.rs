@@ -113,17 +113,30 @@ pub fn add_probe(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
 
 /// Installs the fastcall methods on `LoopCore` (called once, at module import).
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    let ty: Bound<'_, PyType> = py.get_type::<LoopCore>();
-    // SAFETY: `ty` is LoopCore's type object; the method definition is 'static. On success
+    install_method(
+        &py.get_type::<LoopCore>(),
+        &CALL_SOON_DEF,
+        intern!(py, "call_soon"),
+    )
+}
+
+/// Sets `ty.<name>` to a method descriptor over `def` (the receiver's type is checked by
+/// CPython on every call, as for methods of C types).
+pub(crate) fn install_method(
+    ty: &Bound<'_, PyType>,
+    def: &'static MethodDef,
+    name: &Bound<'_, PyString>,
+) -> PyResult<()> {
+    // SAFETY: `ty` is a type object and the method definition is 'static. On success
     // PyDescr_NewMethod returns a new reference, which we take over.
     let descr = unsafe {
         let p = ffi::PyDescr_NewMethod(
             ty.as_ptr() as *mut ffi::PyTypeObject,
-            &CALL_SOON_DEF.0 as *const ffi::PyMethodDef as *mut ffi::PyMethodDef,
+            &def.0 as *const ffi::PyMethodDef as *mut ffi::PyMethodDef,
         );
-        Bound::from_owned_ptr_or_err(py, p)?
+        Bound::from_owned_ptr_or_err(ty.py(), p)?
     };
-    ty.setattr(intern!(py, "call_soon"), descr)
+    ty.setattr(name, descr)
 }
 
 unsafe extern "C" fn call_soon_fast(

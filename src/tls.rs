@@ -762,55 +762,46 @@ fn process_outgoing_steps(p: &Proto<'_, '_>) -> PyResult<()> {
     control_app_writing(p)
 }
 
+/// Whether asyncio's `_control_*` method would change the pause state: pause at or over the
+/// high-water mark while running, resume at or under the low one while paused. A size or mark
+/// that is not a machine integer leaves the decision to asyncio's code.
+fn pause_state_changes(
+    p: &Proto<'_, '_>,
+    paused: A,
+    low: A,
+    high: A,
+    size: Option<i64>,
+) -> PyResult<bool> {
+    let paused = p.flag(paused)?;
+    let mark = p.int(if paused { low } else { high })?;
+    Ok(match (size, mark) {
+        (Some(size), Some(mark)) if paused => size <= mark,
+        (Some(size), Some(mark)) => size >= mark,
+        _ => true,
+    })
+}
+
 /// asyncio's `_control_app_writing`, called only when the application's pause state changes.
 fn control_app_writing(p: &Proto<'_, '_>) -> PyResult<()> {
-    let py = p.py();
-    let outgoing = p.outgoing();
-    let paused = p.flag(A::AppWritingPaused)?;
-    let watermark = if paused {
-        A::OutgoingLowWater
-    } else {
-        A::OutgoingHighWater
+    let size = match p.int(A::WriteBufferSize)? {
+        Some(n) => Some(n + pending(p.outgoing())?),
+        None => None,
     };
-    let changes = match (p.int(A::WriteBufferSize)?, p.int(watermark)?) {
-        (Some(size), Some(mark)) => {
-            let size = size + pending(outgoing)?;
-            if paused {
-                size <= mark
-            } else {
-                size >= mark
-            }
-        }
-        _ => true, // unusual values: let asyncio's code decide
-    };
-    if changes {
-        p.obj.call_method0(intern!(py, "_control_app_writing"))?;
+    let (low, high) = (A::OutgoingLowWater, A::OutgoingHighWater);
+    if pause_state_changes(p, A::AppWritingPaused, low, high, size)? {
+        p.obj
+            .call_method0(intern!(p.py(), "_control_app_writing"))?;
     }
     Ok(())
 }
 
 /// asyncio's `_control_ssl_reading`, called only when the transport's pause state changes.
 fn control_ssl_reading(p: &Proto<'_, '_>) -> PyResult<()> {
-    let py = p.py();
-    let paused = p.flag(A::SslReadingPaused)?;
-    let watermark = if paused {
-        A::IncomingLowWater
-    } else {
-        A::IncomingHighWater
-    };
-    let changes = match p.int(watermark)? {
-        Some(mark) => {
-            let size = pending(p.incoming())?;
-            if paused {
-                size <= mark
-            } else {
-                size >= mark
-            }
-        }
-        None => true,
-    };
-    if changes {
-        p.obj.call_method0(intern!(py, "_control_ssl_reading"))?;
+    let size = Some(pending(p.incoming())?);
+    let (low, high) = (A::IncomingLowWater, A::IncomingHighWater);
+    if pause_state_changes(p, A::SslReadingPaused, low, high, size)? {
+        p.obj
+            .call_method0(intern!(p.py(), "_control_ssl_reading"))?;
     }
     Ok(())
 }
@@ -898,17 +889,7 @@ static APP_WRITE_DEF: crate::fastcall::MethodDef = crate::fastcall::MethodDef(ff
 /// as asyncio's `_SSLProtocolTransport.write`, then [`_tls_write`], with no Python frame.
 #[pyfunction]
 pub(crate) fn _tls_install_app_write(cls: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = cls.py();
-    // SAFETY: `cls` is a type object; the method definition is 'static. On success
-    // PyDescr_NewMethod returns a new reference, which we take over.
-    let descr = unsafe {
-        let p = ffi::PyDescr_NewMethod(
-            cls.as_ptr() as *mut ffi::PyTypeObject,
-            &APP_WRITE_DEF.0 as *const ffi::PyMethodDef as *mut ffi::PyMethodDef,
-        );
-        Bound::from_owned_ptr_or_err(py, p)?
-    };
-    cls.setattr(intern!(py, "write"), descr)
+    crate::fastcall::install_method(cls, &APP_WRITE_DEF, intern!(cls.py(), "write"))
 }
 
 unsafe extern "C" fn app_write(
