@@ -33,7 +33,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PySlice, PyString, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 /// Values from `asyncio.sslproto`, looked up once.
@@ -600,10 +600,9 @@ fn do_read_in(p: &Proto<'_, '_>) -> PyResult<()> {
 }
 
 fn do_read_steps(p: &Proto<'_, '_>) -> PyResult<()> {
-    let py = p.py();
     if !p.flag(A::AppReadingPaused)? {
         if p.flag(A::AppProtocolIsBuffer)? {
-            p.obj.call_method0(intern!(py, "_do_read__buffered"))?;
+            read_buffered(p)?;
         } else {
             read_copied(p)?;
         }
@@ -656,6 +655,60 @@ fn read_chunk<'py>(
         let bytes = unsafe { buf.as_bytes() };
         Ok(PyBytes::new(py, &bytes[..n.min(max_len)]).into_any())
     })
+}
+
+/// Decrypts into the buffer a `BufferedProtocol` application hands out (asyncio's
+/// `_do_read__buffered`): fill it as far as possible, report what was written with
+/// `buffer_updated`, and if it filled up, come back in a later callback for the rest. Reads
+/// after the first go through a memoryview of the buffer, so a `bytearray` buffer is filled
+/// in place (asyncio slices the buffer itself, which copies a bytearray and loses those bytes).
+fn read_buffered(p: &Proto<'_, '_>) -> PyResult<()> {
+    let py = p.py();
+    let ssl_read = p.conn.get().ssl_read.bind(py);
+    let hint = pending(p.incoming())?;
+    let buf = p
+        .obj
+        .getattr(intern!(py, "_app_protocol_get_buffer"))?
+        .call1((hint,))?;
+    let wants = buf.len()?;
+    let mut offset = 0usize;
+    let mut count: usize = 1; // anything but 0: the stream has not ended
+    let filled = (|| -> PyResult<()> {
+        count = ssl_read.call1((wants, &buf))?.extract()?;
+        if count == 0 {
+            return Ok(());
+        }
+        offset = count;
+        let view = PyMemoryView::from(&buf)?;
+        while offset < wants {
+            let rest = view.get_item(PySlice::new(py, offset as isize, isize::MAX, 1))?;
+            count = ssl_read.call1((wants - offset, rest))?.extract()?;
+            if count == 0 {
+                return Ok(());
+            }
+            offset += count;
+        }
+        // Full: what is left is read in a later callback, after the application had its turn.
+        let again = p.obj.getattr(intern!(py, "_do_read"))?;
+        p.obj
+            .getattr(intern!(py, "_loop"))?
+            .call_method1(intern!(py, "call_soon"), (again,))?;
+        Ok(())
+    })();
+    match filled {
+        Err(e) if !is_again(py, &e)? => return Err(e),
+        _ => {}
+    }
+    if offset > 0 {
+        p.obj
+            .getattr(intern!(py, "_app_protocol_buffer_updated"))?
+            .call1((offset,))?;
+    }
+    if count == 0 {
+        p.obj.call_method0(intern!(py, "_call_eof_received"))?;
+        p.obj.call_method0(intern!(py, "_start_shutdown"))?;
+    }
+    Ok(())
 }
 
 /// Decrypts everything available into `bytes` for `data_received`; at close_notify, asyncio's
