@@ -329,6 +329,22 @@ class _Echo(asyncio.Protocol):
         self.transport.write(data)
 
 
+async def _until(condition, timeout=2.0):
+    """Wait (polling) until ``condition()`` holds or ``timeout`` seconds passed."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _close(tr, proto, srv):
+    """Close the client's TLS transport, wait for its connection_lost, close the server."""
+    tr.close()
+    await proto.done
+    srv.close()
+    await srv.wait_closed()
+
+
 def test_tls_app_write_flow_control(loop, certs):
     # The peer does not read: the application's writes pile up above the TLS layer's high
     # water mark, pause_writing() is called once; when the peer reads, resume_writing() follows
@@ -351,14 +367,8 @@ def test_tls_app_write_flow_control(loop, certs):
         paused = list(proto.events)
         size_when_paused = tr.get_write_buffer_size()
         peer.transport.resume_reading()
-        for _ in range(1000):
-            if len(peer.data) >= len(sent):
-                break
-            await asyncio.sleep(0.01)
-        tr.close()
-        await proto.done
-        srv.close()
-        await srv.wait_closed()
+        await _until(lambda: len(peer.data) >= len(sent), timeout=10)
+        await _close(tr, proto, srv)
         return paused, size_when_paused, proto.events, bytes(peer.data) == bytes(sent)
 
     paused, size, events, intact = loop.run_until_complete(main())
@@ -388,10 +398,7 @@ def test_tls_app_transport_write_arguments(loop, certs):
         tr.write(bytearray(b"ab"))
         tr.write(memoryview(b"xcdx")[1:3])
         tr.writelines([b"ef", bytearray(b"gh"), memoryview(b"ij")])
-        for _ in range(200):
-            if received and received[-1] == b"abcdefghij":
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: received and received[-1] == b"abcdefghij")
         tr.close()
         tr.write(b"after close")  # ignored, as asyncio does
         tr.close()  # a second close forgets the protocol: writing fails as asyncio's does
@@ -427,14 +434,8 @@ def test_tls_pause_reading_holds_data_back(loop, certs):
         await asyncio.sleep(0.1)
         while_paused = bytes(proto.data)
         tr.resume_reading()
-        for _ in range(200):
-            if proto.data:
-                break
-            await asyncio.sleep(0.01)
-        tr.close()
-        await proto.done
-        srv.close()
-        await srv.wait_closed()
+        await _until(lambda: proto.data)
+        await _close(tr, proto, srv)
         return reading, while_paused, bytes(proto.data)
 
     assert loop.run_until_complete(main()) == (False, b"", b"held back")
@@ -528,14 +529,8 @@ def test_tls_custom_sslobject_class_is_used(loop, certs):
         client_ctx.sslobject_class = CountingSSLObject
         srv, tr, proto = await _tls_pair(loop, certs, _Echo, _Collect, ssl=client_ctx)
         tr.write(b"ping")
-        for _ in range(200):
-            if proto.data == b"ping":
-                break
-            await asyncio.sleep(0.01)
-        tr.close()
-        await proto.done
-        srv.close()
-        await srv.wait_closed()
+        await _until(lambda: proto.data == b"ping")
+        await _close(tr, proto, srv)
         return bytes(proto.data)
 
     assert loop.run_until_complete(main()) == b"ping"
@@ -550,10 +545,7 @@ def test_tls_connections_use_the_native_record_path(ferroloop_loop, certs):
     async def main():
         srv, tr, proto = await _tls_pair(ferroloop_loop, certs, asyncio.Protocol, _Collect)
         kinds = (type(tr._ssl_protocol), type(tr.write).__name__, isinstance(tr, asyncio.Transport))
-        tr.close()
-        await proto.done
-        srv.close()
-        await srv.wait_closed()
+        await _close(tr, proto, srv)
         return kinds
 
     kinds = ferroloop_loop.run_until_complete(main())
@@ -587,10 +579,7 @@ def test_start_tls_uses_the_native_record_path(ferroloop_loop, certs):
         )
         kinds = [type(t._ssl_protocol) for t in upgraded]
         upgraded[1].write(b"over start_tls")
-        for _ in range(200):
-            if proto.data:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: proto.data)
         for t in upgraded:
             t.close()
         srv.close()
@@ -662,14 +651,8 @@ def test_tls_protocols_are_freed(ferroloop_loop, certs):
         for _ in range(20):
             srv, tr, proto = await _tls_pair(ferroloop_loop, certs, _Echo, _Collect)
             tr.write(b"ping")
-            for _ in range(200):
-                if proto.data:
-                    break
-                await asyncio.sleep(0.01)
-            tr.close()
-            await proto.done
-            srv.close()
-            await srv.wait_closed()
+            await _until(lambda p=proto: p.data)
+            await _close(tr, proto, srv)
 
     ferroloop_loop.run_until_complete(main())
     ferroloop_loop.run_until_complete(asyncio.sleep(0.05))
@@ -735,10 +718,7 @@ def test_tls_loops_in_several_threads_keep_their_data_apart(loop_factory, certs)
                 expected += chunk
                 while len(proto.data) < len(expected):
                     await asyncio.sleep(0)
-            tr.close()
-            await proto.done
-            srv.close()
-            await srv.wait_closed()
+            await _close(tr, proto, srv)
             return bytes(proto.data) == bytes(expected)
 
         try:
