@@ -426,42 +426,39 @@ pub(crate) fn on_readable(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) 
     in_direction_context(slf, false, || read_ready(slf, rbuf))
 }
 
+/// Where received bytes go, per the protocol's kind (decided at `set_protocol`).
+enum Reader {
+    /// `protocol.data_received(bytes)`.
+    Copy(PyObject),
+    /// A `BufferedProtocol`: `get_buffer()`, then `buffer_updated(n)`.
+    Buffered(PyObject, PyObject),
+    /// ferroloop's TLS protocol: the bytes go to its native record path.
+    Tls(PyObject),
+}
+
 fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
     let py = slf.py();
     let st = slf.get().state.with(py, |s| {
         if !s.io.reading || s.conn_lost > 0 || s.io.fd < 0 {
             return None;
         }
-        let cbs = if s.tls {
-            (None, None, None)
+        let reader = if s.tls {
+            Reader::Tls(s.protocol.as_ref()?.clone_ref(py))
         } else if s.buffered {
-            (
-                None,
-                s.get_buffer.as_ref().map(|c| c.clone_ref(py)),
-                s.buffer_updated.as_ref().map(|c| c.clone_ref(py)),
+            Reader::Buffered(
+                s.get_buffer.as_ref()?.clone_ref(py),
+                s.buffer_updated.as_ref()?.clone_ref(py),
             )
         } else {
-            (
-                s.data_received.as_ref().map(|c| c.clone_ref(py)),
-                None,
-                None,
-            )
+            Reader::Copy(s.data_received.as_ref()?.clone_ref(py))
         };
-        let tls = if s.tls {
-            s.protocol.as_ref().map(|p| p.clone_ref(py))
-        } else {
-            None
-        };
-        Some((s.io.fd, cbs, tls))
+        Some((s.io.fd, reader))
     })?;
-    let Some((fd, (data_received, get_buffer, buffer_updated), tls)) = st else {
+    let Some((fd, reader)) = st else {
         return Ok(());
     };
-    if let (Some(get_buffer), Some(buffer_updated)) = (get_buffer, buffer_updated) {
+    if let Reader::Buffered(get_buffer, buffer_updated) = &reader {
         return read_into_protocol_buffer(slf, fd, get_buffer.bind(py), buffer_updated.bind(py));
-    }
-    if data_received.is_none() && tls.is_none() {
-        return Ok(());
     }
     if rbuf.len() < MAX_READ {
         rbuf.resize(MAX_READ, 0);
@@ -484,28 +481,25 @@ fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<
     if n == 0 {
         return StreamTransport::on_eof(slf);
     }
-    if let Some(protocol) = tls {
-        if let Err(e) = crate::tls::feed(protocol.bind(py), &rbuf[..n as usize]) {
-            return StreamTransport::fatal(
-                slf,
-                e,
-                "Fatal error: protocol.buffer_updated() call failed.",
-            );
-        }
-        return Ok(());
-    }
-    let Some(data_received) = data_received else {
-        return Ok(());
-    };
-    let data = PyBytes::new(py, &rbuf[..n as usize]);
-    if let Err(e) = data_received.bind(py).call1((data,)) {
-        return StreamTransport::fatal(
-            slf,
-            e,
+    let received = &rbuf[..n as usize];
+    let (delivered, message) = match &reader {
+        Reader::Tls(protocol) => (
+            crate::tls::feed(protocol.bind(py), received),
+            "Fatal error: protocol.buffer_updated() call failed.",
+        ),
+        Reader::Copy(data_received) => (
+            data_received
+                .bind(py)
+                .call1((PyBytes::new(py, received),))
+                .map(drop),
             "Fatal error: protocol.data_received() call failed.",
-        );
+        ),
+        Reader::Buffered(..) => return Ok(()), // handled above
+    };
+    match delivered {
+        Ok(()) => Ok(()),
+        Err(e) => StreamTransport::fatal(slf, e, message),
     }
-    Ok(())
 }
 
 fn read_into_protocol_buffer(
