@@ -147,21 +147,33 @@ unsafe extern "C" fn call_soon_fast(
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls method functions with the GIL held.
     let py = unsafe { Python::assume_gil_acquired() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    c_method_result(py, "call_soon", || {
         // SAFETY: arguments come from CPython's vectorcall protocol for this method
         // descriptor: `slf` is a LoopCore instance (the descriptor checks the receiver type),
         // `args` holds `nargs` positional values followed by one value per keyword name.
         unsafe { call_soon_body(py, slf, args, nargsf, kwnames) }
-    }));
-    match outcome {
+    })
+}
+
+/// What a hand-written C method returns to CPython: the body's result as a new reference, or
+/// NULL with its error set; a Rust panic becomes a `RuntimeError` naming `method` instead of
+/// unwinding into CPython.
+pub(crate) fn c_method_result(
+    py: Python<'_>,
+    method: &str,
+    body: impl FnOnce() -> PyResult<PyObject>,
+) -> *mut ffi::PyObject {
+    match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(obj)) => obj.into_ptr(),
         Ok(Err(err)) => {
             err.restore(py);
             std::ptr::null_mut()
         }
         Err(_) => {
-            PyRuntimeError::new_err("ferroloop: internal error (Rust panic) in call_soon")
-                .restore(py);
+            PyRuntimeError::new_err(format!(
+                "ferroloop: internal error (Rust panic) in {method}"
+            ))
+            .restore(py);
             std::ptr::null_mut()
         }
     }

@@ -24,9 +24,8 @@
 //! calling `read()` until the ssl module raises `SSLWantReadError` (an exception per message).
 
 use std::ffi::{c_char, c_int};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::{PyAttributeError, PyException, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyAttributeError, PyException, PyTypeError};
 
 use crate::gilcell::GilCell;
 use pyo3::ffi;
@@ -67,9 +66,9 @@ fn sslproto(py: Python<'_>) -> PyResult<&'static SslProto> {
 /// Above this size, incoming bytes reach the BIO through a memoryview instead of a copy.
 const COPY_LIMIT: usize = 16 * 1024;
 
-/// What a TLS connection's record path uses that never changes after `SSLProtocol.__init__`:
-/// the memory BIOs, the `SSLObject`, the backlog deque and the read size. Kept in the
-/// protocol's instance dict (`_ferroloop_tls_conn`) from the first record on.
+/// What the record path derives from the protocol's BIOs, `SSLObject` and backlog deque (the
+/// C SSL object, bound methods, the read size). Built at the first record and kept by
+/// [`TlsCore`] until one of those attributes is assigned again.
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
 pub(crate) struct TlsConn {
     incoming: PyObject,
@@ -522,16 +521,27 @@ impl<'a, 'py> Proto<'a, 'py> {
         Ok(self.get(A::State)?.is(state))
     }
 
-    /// asyncio's `_fatal_error(exc, message)` for an `Exception`; anything else (KeyboardInterrupt,
-    /// SystemExit...) propagates, as in asyncio.
-    fn fail(&self, err: PyErr, message: &str) -> PyResult<()> {
+    /// asyncio's `except Exception as ex: self._fatal_error(ex, 'Fatal error on SSL protocol')`
+    /// around a step; anything else (KeyboardInterrupt, SystemExit...) propagates, as in asyncio.
+    fn fatal_on_error(&self, step: PyResult<()>) -> PyResult<()> {
         let py = self.py();
-        if !err.is_instance_of::<PyException>(py) {
-            return Err(err);
+        match step {
+            Err(err) if err.is_instance_of::<PyException>(py) => {
+                self.obj.call_method1(
+                    intern!(py, "_fatal_error"),
+                    (err.value(py), "Fatal error on SSL protocol"),
+                )?;
+                Ok(())
+            }
+            other => other,
         }
-        self.obj
-            .call_method1(intern!(py, "_fatal_error"), (err.value(py), message))?;
-        Ok(())
+    }
+
+    /// Appends `item` (`len` bytes) to the application's write backlog, as asyncio does.
+    fn queue_for_write(&self, item: &Bound<'py, PyAny>, len: i64) -> PyResult<()> {
+        self.backlog()
+            .call_method1(intern!(self.py(), "append"), (item,))?;
+        self.add_to_write_buffer_size(len)
     }
 }
 
@@ -541,6 +551,14 @@ fn pending(bio: &Bound<'_, PyAny>) -> PyResult<i64> {
 
 fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
     Ok(err.matches(py, sslproto(py)?.again.bind(py))?)
+}
+
+/// `try: step except SSLAgainErrors: pass`.
+fn unless_again(py: Python<'_>, step: PyResult<()>) -> PyResult<()> {
+    match step {
+        Err(e) if !is_again(py, &e)? => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// The transport received `data` for a protocol of ours: asyncio's `buffer_updated`.
@@ -593,10 +611,7 @@ pub(crate) fn _tls_do_read(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 fn do_read_in(p: &Proto<'_, '_>) -> PyResult<()> {
-    match do_read_steps(p) {
-        Ok(()) => Ok(()),
-        Err(e) => p.fail(e, "Fatal error on SSL protocol"),
-    }
+    p.fatal_on_error(do_read_steps(p))
 }
 
 fn do_read_steps(p: &Proto<'_, '_>) -> PyResult<()> {
@@ -695,10 +710,7 @@ fn read_buffered(p: &Proto<'_, '_>) -> PyResult<()> {
             .call_method1(intern!(py, "call_soon"), (again,))?;
         Ok(())
     })();
-    match filled {
-        Err(e) if !is_again(py, &e)? => return Err(e),
-        _ => {}
-    }
+    unless_again(py, filled)?;
     if offset > 0 {
         p.obj
             .getattr(intern!(py, "_app_protocol_buffer_updated"))?
@@ -788,10 +800,7 @@ fn do_write_steps(p: &Proto<'_, '_>) -> PyResult<()> {
         }
         Ok(())
     })();
-    match encrypted {
-        Err(e) if !is_again(py, &e)? => return Err(e),
-        _ => {}
-    }
+    unless_again(py, encrypted)?;
     process_outgoing_steps(p)
 }
 
@@ -876,17 +885,11 @@ pub(crate) fn _tls_write_appdata(
             .call1((protocol, list_of_data))?;
         return Ok(());
     }
-    let backlog = p.backlog();
     for data in list_of_data.try_iter()? {
         let data = data?;
-        let len = data.len()? as i64;
-        backlog.call_method1(intern!(py, "append"), (&data,))?;
-        p.add_to_write_buffer_size(len)?;
+        p.queue_for_write(&data, data.len()? as i64)?;
     }
-    match do_write_steps(&p) {
-        Ok(()) => Ok(()),
-        Err(e) => p.fail(e, "Fatal error on SSL protocol"),
-    }
+    p.fatal_on_error(do_write_steps(&p))
 }
 
 /// The application transport's `write(data)` for non-empty bytes-like `data`: asyncio's
@@ -896,38 +899,30 @@ pub(crate) fn _tls_write(protocol: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -
     let py = protocol.py();
     let p = Proto::new(protocol)?;
     let consts = sslproto(py)?;
-    let backlog = p.backlog();
-    if !p.state_is(&consts.wrapped)? || backlog.len()? > 0 {
+    if !p.state_is(&consts.wrapped)? || p.backlog().len()? > 0 {
         return _tls_write_appdata(protocol, &PyTuple::new(py, [data])?.into_any());
     }
     let sent = (|| -> PyResult<()> {
         let len = data.len()? as isize;
         let count: isize = match p.ssl_write().call1((data,)) {
             Ok(c) => c.extract()?,
-            Err(e) if is_again(py, &e)? => {
-                // Nothing encrypted: queue it all, send what the TLS layer has.
-                backlog.call_method1(intern!(py, "append"), (data,))?;
-                p.add_to_write_buffer_size(len as i64)?;
-                return process_outgoing_steps(&p);
-            }
             Err(e) => {
-                backlog.call_method1(intern!(py, "append"), (data,))?;
-                p.add_to_write_buffer_size(len as i64)?;
+                // Nothing encrypted: queued, as asyncio's backlog would hold it.
+                p.queue_for_write(data, len as i64)?;
+                if is_again(py, &e)? {
+                    return process_outgoing_steps(&p); // send what the TLS layer has
+                }
                 return Err(e);
             }
         };
         if count < len {
             let rest = data.get_item(PySlice::new(py, count, isize::MAX, 1))?;
-            backlog.call_method1(intern!(py, "append"), (rest,))?;
-            p.add_to_write_buffer_size((len - count) as i64)?;
+            p.queue_for_write(&rest, (len - count) as i64)?;
             return do_write_steps(&p);
         }
         process_outgoing_steps(&p)
     })();
-    match sent {
-        Ok(()) => Ok(()),
-        Err(e) => p.fail(e, "Fatal error on SSL protocol"),
-    }
+    p.fatal_on_error(sent)
 }
 
 static APP_WRITE_DEF: crate::fastcall::MethodDef = crate::fastcall::MethodDef(ffi::PyMethodDef {
@@ -951,7 +946,7 @@ unsafe extern "C" fn app_write(
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls method functions with the GIL held.
     let py = unsafe { Python::assume_gil_acquired() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    crate::fastcall::c_method_result(py, "TLS write", || {
         // SAFETY: METH_O convention: `slf` is the receiver (an instance of the class the
         // descriptor was made for, checked by CPython) and `data` the one argument, both
         // borrowed for the duration of the call.
@@ -961,23 +956,9 @@ unsafe extern "C" fn app_write(
                 Bound::from_borrowed_ptr(py, data),
             )
         };
-        app_write_body(&slf, &data)
-    }));
-    match outcome {
-        Ok(Ok(())) => {
-            // SAFETY: returning a new reference to None, as a method without result does.
-            unsafe { ffi::Py_NewRef(ffi::Py_None()) }
-        }
-        Ok(Err(err)) => {
-            err.restore(py);
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            PyRuntimeError::new_err("ferroloop: internal error (Rust panic) in TLS write")
-                .restore(py);
-            std::ptr::null_mut()
-        }
-    }
+        app_write_body(&slf, &data)?;
+        Ok(py.None())
+    })
 }
 
 fn app_write_body(slf: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -56,12 +56,10 @@ class SSLProtocol(TlsCore, sslproto.SSLProtocol):
 
     def _ferroloop_after_incoming(self) -> None:
         # What asyncio's buffer_updated does once the bytes are in the incoming BIO, for the
-        # states other than WRAPPED (which the native side handles itself).
+        # states other than WRAPPED (the native side handles that one before calling this).
         state = self._state
         if state == _State.DO_HANDSHAKE:
             self._do_handshake()
-        elif state == _State.WRAPPED:
-            self._do_read()
         elif state == _State.FLUSHING:
             self._do_flush()
         elif state == _State.SHUTDOWN:
