@@ -195,6 +195,11 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
         self.slow_callback_duration = 0.1
         self.set_debug(coroutines._is_debug_mode())
 
+    @property
+    def _closed(self) -> bool:
+        """asyncio's private flag (libraries and test suites read it): ``is_closed()``."""
+        return self.is_closed()
+
     def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} running={self.is_running()} "

@@ -23,7 +23,15 @@ import os
 import socket
 import threading
 import types
-from asyncio import base_events, futures, selector_events, sslproto, unix_events
+from asyncio import (
+    base_events,
+    constants,
+    exceptions,
+    futures,
+    selector_events,
+    sslproto,
+    unix_events,
+)
 from typing import Any
 
 from . import _tls
@@ -62,7 +70,6 @@ BORROWED: dict[type, tuple[str, ...]] = {
         "_ensure_fd_no_transport",
         "_sendfile_native",
         "_accept_connection",
-        "_accept_connection2",
         "_start_serving",
         "sock_recvfrom",
         "_sock_recvfrom",
@@ -144,6 +151,18 @@ def _resolver_pool() -> concurrent.futures.ThreadPoolExecutor:
         return _resolver
 
 
+def _forget_resolver_after_fork() -> None:
+    """In a forked child the pool's threads do not exist (only the forking thread survives)
+    and its lock may have been held by one of them at the moment of the fork: the child
+    starts over with a fresh lock and, on its first lookup, a fresh pool."""
+    global _resolver, _resolver_lock
+    _resolver_lock = threading.Lock()
+    _resolver = None
+
+
+os.register_at_fork(after_in_child=_forget_resolver_after_fork)
+
+
 def _is_numeric_host(host: Any) -> bool:
     if host is None:
         return True  # the wildcard/loopback address: answered without a lookup
@@ -216,6 +235,65 @@ class NetworkingMixin:
         fd = sock.fileno()
         loop._ensure_fd_no_transport(fd)
         await loop._sock_sendall_wait(sock, fd, view, n)
+
+    async def _accept_connection2(
+        self,
+        protocol_factory: Any,
+        conn: socket.socket,
+        extra: dict[str, Any],
+        sslcontext: Any = None,
+        server: Any = None,
+        ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        """Builds the protocol and transport of an accepted connection (asyncio's
+        ``_accept_connection2``), with two differences: a failure closes the accepted socket
+        at once (asyncio leaves it to the garbage collector), and it reaches the exception
+        handler in every mode, not only in debug mode (a connection dropped without a word
+        is hard to diagnose). A cancellation (the server closing) stays silent outside debug
+        mode, as in asyncio."""
+        loop: Any = self
+        protocol = None
+        transport = None
+        try:
+            protocol = protocol_factory()
+            waiter = loop.create_future()
+            if sslcontext:
+                transport = loop._make_ssl_transport(
+                    conn,
+                    protocol,
+                    sslcontext,
+                    waiter=waiter,
+                    server_side=True,
+                    extra=extra,
+                    server=server,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout,
+                )
+            else:
+                transport = loop._make_socket_transport(
+                    conn, protocol, waiter=waiter, extra=extra, server=server
+                )
+            try:
+                await waiter
+            except BaseException:
+                transport.close()
+                raise
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if transport is None:
+                conn.close()
+            if loop._debug or not isinstance(exc, exceptions.CancelledError):
+                context: dict[str, Any] = {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+                if protocol is not None:
+                    context["protocol"] = protocol
+                if transport is not None:
+                    context["transport"] = transport
+                loop.call_exception_handler(context)
 
     def _stop_serving(self, sock: socket.socket) -> None:
         """Stop accepting on a server socket and close it; a Unix server socket that

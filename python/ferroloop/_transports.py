@@ -62,6 +62,25 @@ def _logger() -> Any:
     return base_events.logger
 
 
+_INET_FAMILIES = frozenset({socket.AF_INET, socket.AF_INET6})
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on every TCP stream socket that becomes a transport, whatever its ``proto``.
+
+    asyncio sets it only when ``sock.proto == IPPROTO_TCP``; a socket made as
+    ``socket.socket()`` (proto 0, as uvicorn's and gunicorn's masters create the listening
+    socket they hand to workers) then answers every small response after the peer's delayed
+    ACK (about 40 ms). uvloop sets it on every TCP socket; so does ferroloop (a deliberate
+    difference, see the README).
+    """
+    if sock.family in _INET_FAMILIES and sock.type == socket.SOCK_STREAM:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 class _NativeFace:
     """What both transport faces share: the native core's state seen as asyncio's private
     attributes, the cold paths the core calls by name, and the introspection.
@@ -216,7 +235,7 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
         if server is not None:
             server._attach(*_server_hook_args(self))
         loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
+        _set_nodelay(sock)
         self._announce(loop, protocol, waiter)
 
     # -- protocol ------------------------------------------------------------------------

@@ -45,7 +45,6 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::event_loop::LoopCore;
 use crate::gilcell::GilCell;
-use crate::pyhelpers;
 use crate::reactor::Io;
 use crate::transports::stream::{errno, is_bytes_like, os_error_from, passes_through, ByteView};
 use crate::transports::{
@@ -145,9 +144,9 @@ struct DatagramState {
     owner: Option<PyObject>,
     /// The Python socket object, for the slow send path.
     sock: Option<PyObject>,
+    /// The protocol; its methods are looked up when called, as asyncio does (a protocol may
+    /// replace them on the instance while connected).
     protocol: Option<PyObject>,
-    /// `protocol.datagram_received`, looked up once per `set_protocol` (None if missing).
-    datagram_received: Option<PyObject>,
     /// The remote address given to `create_datagram_endpoint` (None if none, or falsy).
     address: Option<PyObject>,
     queue: VecDeque<Pending>,
@@ -171,7 +170,6 @@ impl DatagramState {
         out.extend(self.owner.take());
         out.extend(self.sock.take());
         out.extend(self.protocol.take());
-        out.extend(self.datagram_received.take());
         out.extend(self.address.take());
         out.extend(self.last_peer.take().map(|(_, o)| o));
         out.extend(self.io.read_ctx.take());
@@ -668,24 +666,14 @@ impl DatagramTransport {
         };
         let data = PyBytes::new(py, &rbuf[..n.min(MAX_READ)]);
         let addr = Self::peer_object(slf, &sa)?;
-        let cb = slf.get().state.with(py, |s| {
-            (
-                s.datagram_received.as_ref().map(|c| c.clone_ref(py)),
-                s.protocol.as_ref().map(|p| p.clone_ref(py)),
-            )
-        })?;
-        match cb {
-            (Some(cb), _) => {
-                pyhelpers::vectorcall(cb.bind(py), &[data.as_any(), addr.bind(py)], None)?;
-            }
-            (None, Some(proto)) => {
-                // No such method when the protocol was set: look it up now, as asyncio does,
-                // for the AttributeError.
-                proto
-                    .bind(py)
-                    .call_method1(intern!(py, "datagram_received"), (data, addr))?;
-            }
-            (None, None) => {}
+        let proto = slf
+            .get()
+            .state
+            .with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?;
+        if let Some(proto) = proto {
+            proto
+                .bind(py)
+                .call_method1(intern!(py, "datagram_received"), (data, addr))?;
         }
         Ok(())
     }
@@ -833,7 +821,6 @@ impl DatagramTransport {
                 owner: Some(owner),
                 sock: Some(sock),
                 protocol: None,
-                datagram_received: None,
                 address,
                 queue: VecDeque::new(),
                 buffer_size: 0,
@@ -850,16 +837,9 @@ impl DatagramTransport {
 
     fn _set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = protocol.py();
-        let dr = protocol
-            .getattr(intern!(py, "datagram_received"))
-            .ok()
-            .map(Bound::unbind);
-        let old = self.state.with(py, |s| {
-            (
-                s.protocol.replace(protocol.clone().unbind()),
-                std::mem::replace(&mut s.datagram_received, dr),
-            )
-        })?;
+        let old = self
+            .state
+            .with(py, |s| s.protocol.replace(protocol.clone().unbind()))?;
         drop(old);
         Ok(())
     }
@@ -1124,15 +1104,9 @@ impl DatagramTransport {
         // to enter our own cell, which refuses (and we skip) if it is in use.
         let py = unsafe { Python::assume_gil_acquired() };
         let res = self.state.try_with(py, |s| -> Result<(), PyTraverseError> {
-            for o in [
-                &s.owner,
-                &s.sock,
-                &s.protocol,
-                &s.datagram_received,
-                &s.address,
-            ]
-            .into_iter()
-            .flatten()
+            for o in [&s.owner, &s.sock, &s.protocol, &s.address]
+                .into_iter()
+                .flatten()
             {
                 visit.call(o)?;
             }

@@ -46,11 +46,10 @@ struct StreamState {
     loop_: Option<Py<LoopCore>>,
     /// The Python wrapper (`SocketTransport`), passed to protocols and error reports.
     owner: Option<PyObject>,
+    /// The protocol. Its methods are looked up when they are called, as asyncio does: a
+    /// protocol may lack the ones it never needs (a write-only protocol has no
+    /// `data_received`) or replace them on the instance while connected.
     protocol: Option<PyObject>,
-    /// Bound methods of the protocol, looked up once per `set_protocol`.
-    data_received: Option<PyObject>,
-    get_buffer: Option<PyObject>,
-    buffer_updated: Option<PyObject>,
     buffered: bool,
     /// The protocol is ferroloop's TLS protocol: received bytes go to [`crate::tls::feed`].
     tls: bool,
@@ -89,9 +88,6 @@ impl StreamState {
         let mut out = Vec::new();
         out.extend(self.owner.take());
         out.extend(self.protocol.take());
-        out.extend(self.data_received.take());
-        out.extend(self.get_buffer.take());
-        out.extend(self.buffer_updated.take());
         out.extend(self.empty_waiter.take());
         out.extend(self.io.read_ctx.take());
         out.extend(self.io.write_ctx.take());
@@ -431,7 +427,7 @@ enum Reader {
     /// `protocol.data_received(bytes)`.
     Copy(PyObject),
     /// A `BufferedProtocol`: `get_buffer()`, then `buffer_updated(n)`.
-    Buffered(PyObject, PyObject),
+    Buffered(PyObject),
     /// ferroloop's TLS protocol: the bytes go to its native record path.
     Tls(PyObject),
 }
@@ -442,23 +438,21 @@ fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<
         if !s.io.reading || s.conn_lost > 0 || s.io.fd < 0 {
             return None;
         }
+        let protocol = s.protocol.as_ref()?.clone_ref(py);
         let reader = if s.tls {
-            Reader::Tls(s.protocol.as_ref()?.clone_ref(py))
+            Reader::Tls(protocol)
         } else if s.buffered {
-            Reader::Buffered(
-                s.get_buffer.as_ref()?.clone_ref(py),
-                s.buffer_updated.as_ref()?.clone_ref(py),
-            )
+            Reader::Buffered(protocol)
         } else {
-            Reader::Copy(s.data_received.as_ref()?.clone_ref(py))
+            Reader::Copy(protocol)
         };
         Some((s.io.fd, reader))
     })?;
     let Some((fd, reader)) = st else {
         return Ok(());
     };
-    if let Reader::Buffered(get_buffer, buffer_updated) = &reader {
-        return read_into_protocol_buffer(slf, fd, get_buffer.bind(py), buffer_updated.bind(py));
+    if let Reader::Buffered(protocol) = &reader {
+        return read_into_protocol_buffer(slf, fd, protocol.bind(py));
     }
     if rbuf.len() < MAX_READ {
         rbuf.resize(MAX_READ, 0);
@@ -487,10 +481,10 @@ fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<
             crate::tls::feed(protocol.bind(py), received),
             "Fatal error: protocol.buffer_updated() call failed.",
         ),
-        Reader::Copy(data_received) => (
-            data_received
+        Reader::Copy(protocol) => (
+            protocol
                 .bind(py)
-                .call1((PyBytes::new(py, received),))
+                .call_method1(intern!(py, "data_received"), (PyBytes::new(py, received),))
                 .map(drop),
             "Fatal error: protocol.data_received() call failed.",
         ),
@@ -505,18 +499,20 @@ fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<
 fn read_into_protocol_buffer(
     slf: &Bound<'_, StreamTransport>,
     fd: RawFd,
-    get_buffer: &Bound<'_, PyAny>,
-    buffer_updated: &Bound<'_, PyAny>,
+    protocol: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    let buf = match get_buffer.call1((-1,)).and_then(|b| {
-        if b.len()? == 0 {
-            Err(PyRuntimeError::new_err(
-                "get_buffer() returned an empty buffer",
-            ))
-        } else {
-            Ok(b)
-        }
-    }) {
+    let py = protocol.py();
+    let buf = match protocol
+        .call_method1(intern!(py, "get_buffer"), (-1,))
+        .and_then(|b| {
+            if b.len()? == 0 {
+                Err(PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                ))
+            } else {
+                Ok(b)
+            }
+        }) {
         Ok(b) => b,
         Err(e) => {
             return StreamTransport::fatal(
@@ -558,7 +554,7 @@ fn read_into_protocol_buffer(
     if n == 0 {
         return StreamTransport::on_eof(slf);
     }
-    if let Err(e) = buffer_updated.call1((n,)) {
+    if let Err(e) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
         return StreamTransport::fatal(
             slf,
             e,
@@ -665,9 +661,6 @@ impl StreamTransport {
                 loop_: Some(lp.unbind()),
                 owner: Some(owner),
                 protocol: None,
-                data_received: None,
-                get_buffer: None,
-                buffer_updated: None,
                 buffered: false,
                 tls: false,
                 wbuf: Vec::new(),
@@ -692,30 +685,10 @@ impl StreamTransport {
         tls: bool,
     ) -> PyResult<()> {
         let py = protocol.py();
-        let (dr, gb, bu) = if tls {
-            (None, None, None)
-        } else if buffered {
-            (
-                None,
-                Some(protocol.getattr(intern!(py, "get_buffer"))?.unbind()),
-                Some(protocol.getattr(intern!(py, "buffer_updated"))?.unbind()),
-            )
-        } else {
-            (
-                Some(protocol.getattr(intern!(py, "data_received"))?.unbind()),
-                None,
-                None,
-            )
-        };
         let old = self.state.with(py, |s| {
             s.buffered = buffered && !tls;
             s.tls = tls;
-            (
-                s.protocol.replace(protocol.clone().unbind()),
-                std::mem::replace(&mut s.data_received, dr),
-                std::mem::replace(&mut s.get_buffer, gb),
-                std::mem::replace(&mut s.buffer_updated, bu),
-            )
+            s.protocol.replace(protocol.clone().unbind())
         })?;
         drop(old);
         Ok(())
@@ -1033,16 +1006,9 @@ impl StreamTransport {
         // to enter our own cell, which refuses (and we skip) if it is in use.
         let py = unsafe { Python::assume_gil_acquired() };
         let res = self.state.try_with(py, |s| -> Result<(), PyTraverseError> {
-            for o in [
-                &s.owner,
-                &s.protocol,
-                &s.data_received,
-                &s.get_buffer,
-                &s.buffer_updated,
-                &s.empty_waiter,
-            ]
-            .into_iter()
-            .flatten()
+            for o in [&s.owner, &s.protocol, &s.empty_waiter]
+                .into_iter()
+                .flatten()
             {
                 visit.call(o)?;
             }

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import socket
 import ssl
 import threading
 from collections.abc import AsyncIterator
@@ -289,8 +291,20 @@ def make_starlette_app() -> Any:
             elif message.get("bytes") is not None:
                 await websocket.send_bytes(sha256(message["bytes"]).encode())
 
+    async def nodelay(request: Request) -> JSONResponse:
+        # TCP_NODELAY of every TCP connection this worker's loop serves (both asyncio's loop
+        # and ferroloop's keep their transports in the private ``_transports`` map).
+        loop: Any = asyncio.get_running_loop()
+        flags = []
+        for transport in list(loop._transports.values()):
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                flags.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        return JSONResponse({"nodelay": flags, "pid": os.getpid(), "loop": loop_module()})
+
     routes = [
         Route("/", index),
+        Route("/nodelay", nodelay),
         Route("/echo", echo, methods=["POST"]),
         Route("/chunks", chunks),
         Route("/blocking", blocking),

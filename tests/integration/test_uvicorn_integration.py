@@ -284,3 +284,71 @@ def test_uvicorn_command_line(run: Any, loop_name: str, launcher: str) -> None:
     assert proc.returncode == 0, output
     assert "Application shutdown complete" in output, output
     assert "Traceback" not in output, output
+
+
+def test_uvicorn_workers_serve_without_delayed_ack(run: Any, loop_name: str) -> None:
+    """``uvicorn --workers 2``: the master makes the listening socket as ``socket.socket()``
+    (proto 0) and hands it to the workers. asyncio sets TCP_NODELAY only when
+    ``proto == IPPROTO_TCP``, so its connections keep Nagle's algorithm (each small response
+    waits for the peer's delayed ACK); ferroloop, as uvloop, sets it on every TCP socket (a
+    deliberate difference, README). Checked from inside the workers, on the connection that
+    asks."""
+    from _support import free_port
+
+    port = free_port()
+    loop_option = "ferroloop:new_event_loop" if loop_name == "ferroloop" else "asyncio"
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--loop",
+        loop_option,
+        "--workers",
+        "2",
+        "--app-dir",
+        str(HERE),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "_apps:starlette_app",
+    ]
+    env = dict(os.environ)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+
+        async def scenario() -> list[dict[str, Any]]:
+            base = f"http://127.0.0.1:{port}"
+            answers = []
+            for _ in range(400):
+                try:
+                    # A new connection per request, so that both workers get some.
+                    async with httpx.AsyncClient(timeout=5) as client:
+                        answers.append((await client.get(f"{base}/nodelay")).json())
+                    if len(answers) >= 20 and len({a["pid"] for a in answers}) == 2:
+                        break
+                except httpx.TransportError:
+                    if proc.poll() is not None:
+                        raise RuntimeError("uvicorn exited") from None
+                    await asyncio.sleep(0.05)
+            return answers
+
+        answers = run(scenario, compare=False)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            output, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+    assert answers, output
+    assert all(a["loop"].startswith(loop_name) for a in answers), (answers, output)
+    flags = {flag != 0 for a in answers for flag in a["nodelay"]}
+    # ferroloop: TCP_NODELAY on every connection; asyncio: on none of them (proto 0).
+    assert flags == {loop_name == "ferroloop"}, (answers, output)
+    assert "Traceback" not in output, output
