@@ -24,7 +24,7 @@
 //! state free.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{
@@ -33,15 +33,16 @@ use pyo3::exceptions::{
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::clock;
 use crate::errors::os_error;
 use crate::executor::{Finished, Outcome};
 use crate::gilcell::GilCell;
 use crate::handles::{
-    args_of, cancel_handle, is_cancelled, release_after_debug_check, run_handle, Handle, LightCall,
-    NewHandle, RunOutcome, TimerHandle,
+    args_of, cancel_handle, is_cancelled, leave_gc, release_after_debug_check, release_queued,
+    run_handle, visit_queued, Handle, LightCall, NewHandle, RunOutcome, TimerHandle,
 };
 use crate::pyhelpers;
 use crate::reactor::{event_is_readable, event_is_writable, Io, Reactor, READABLE};
@@ -120,6 +121,9 @@ impl LoopState {
 #[pyclass(subclass, frozen, module = "ferroloop._ferroloop", name = "LoopCore")]
 pub struct LoopCore {
     state: GilCell<LoopState>,
+    /// `time` is overridden (an instance attribute, or a subclass's method): the loop's
+    /// decisions then read `self.time()`, as asyncio's do (see `Loop.__setattr__`).
+    clock_overridden: AtomicBool,
     cancelled_timers: Arc<AtomicUsize>,
     clock_resolution: f64,
 }
@@ -311,12 +315,63 @@ fn run_light(slf: &Bound<'_, LoopCore>, call: LightCall, debug: bool) -> PyResul
     }
 }
 
+type FdEntryRefs = (Option<Io>, Option<Io>);
+
+/// The loop lets go of queued work that will not run (see `handles::release_queued`).
+fn release_ready_queue(py: Python<'_>, ready: &[Ready]) {
+    for item in ready {
+        if let Ready::Call(h) = item {
+            release_queued(py, h);
+        }
+    }
+}
+
+fn visit_io(visit: &PyVisit<'_>, io: &Io) -> Result<(), PyTraverseError> {
+    match io {
+        Io::Handle(h) => visit.call(h),
+        Io::Stream(t) => visit.call(t),
+        Io::Datagram(t) => visit.call(t),
+        Io::Sock(w) => visit.call(w),
+    }
+}
+
+fn visit_ready(visit: &PyVisit<'_>, item: &Ready) -> Result<(), PyTraverseError> {
+    match item {
+        Ready::Call(h) => visit_queued(h, visit),
+        Ready::Light(c) => {
+            visit.call(&c.callback)?;
+            if let Some(a) = &c.arg {
+                visit.call(a)?;
+            }
+            visit.call(&c.context)
+        }
+        Ready::Read(t) | Ready::Write(t) => visit.call(t),
+        Ready::DatagramRead(t) | Ready::DatagramWrite(t) => visit.call(t),
+        Ready::Sock(w) => visit.call(w),
+        Ready::Executor(f) => visit.call(&f.fut),
+    }
+}
+
 impl LoopCore {
+    fn time_is_overridden(slf: &Bound<'_, LoopCore>) -> PyResult<bool> {
+        Ok(slf.get().clock_overridden.load(Ordering::Relaxed))
+    }
+
+    /// `self.time()` when it is overridden, else None (the native clock applies).
+    fn overriding_now(slf: &Bound<'_, LoopCore>) -> PyResult<Option<f64>> {
+        if !slf.get().clock_overridden.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let py = slf.py();
+        Ok(Some(slf.call_method0(intern!(py, "time"))?.extract()?))
+    }
+
     /// One iteration of the loop (see the module docs).
     fn run_once(slf: &Bound<'_, LoopCore>, buf: &mut [libc::epoll_event]) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let mut garbage: Vec<Py<Handle>> = Vec::new();
+        let overriding_now = Self::overriding_now(slf)?;
 
         // 1-2: purge cancelled timers, compute the poll timeout.
         let (epfd, timeout_ms, watching, lingered) = this.state.with(py, |s| {
@@ -326,7 +381,8 @@ impl LoopCore {
             let timeout_ms = if !s.ready.is_empty() || s.stopping {
                 0
             } else if let Some(when) = s.timers.peek_when() {
-                let secs = (when - clock::monotonic()).clamp(0.0, MAX_POLL_SECONDS);
+                let now = overriding_now.unwrap_or_else(clock::monotonic);
+                let secs = (when - now).clamp(0.0, MAX_POLL_SECONDS);
                 (secs * 1000.0).ceil() as i32
             } else {
                 -1
@@ -370,6 +426,7 @@ impl LoopCore {
         };
 
         // 3-5: queue I/O callbacks and due timers, take this iteration's batch.
+        let overriding_now = Self::overriding_now(slf)?;
         let mut garbage: Vec<Io> = Vec::new();
         let (mut batch, mut read_buf, debug) = this.state.with(py, |s| {
             let waker_fd = s.waker.fd();
@@ -411,7 +468,7 @@ impl LoopCore {
             let mut end = f64::NAN;
             while let Some(when) = s.timers.peek_when() {
                 if end.is_nan() {
-                    end = clock::monotonic() + this.clock_resolution;
+                    end = overriding_now.unwrap_or_else(clock::monotonic) + this.clock_resolution;
                 }
                 if when >= end {
                     break;
@@ -522,6 +579,8 @@ impl LoopCore {
         };
         check_callback(py, callback, method, debug)?;
         let h = make_handle(py, callback, args, context, debug, false)?.into_py(py)?;
+        // Part of the loop while queued (see `handles::visit_queued`).
+        leave_gc(h.bind(py));
         let queued = h.clone_ref(py);
         this.state.with(py, |s| s.push_ready(queued))?;
         Ok(h)
@@ -686,6 +745,7 @@ impl LoopCore {
     fn schedule_timer(
         slf: &Bound<'_, LoopCore>,
         when: f64,
+        when_obj: Option<PyObject>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
@@ -695,7 +755,7 @@ impl LoopCore {
         let debug = this.state.with(py, |s| s.schedule_checks(true))??;
         check_callback(py, callback, "call_at", debug)?;
         let base = make_handle(py, callback, args, context, debug, false)?;
-        let h = TimerHandle::create(py, base, when, this.cancelled_timers.clone())?;
+        let h = TimerHandle::create(py, base, when, when_obj, this.cancelled_timers.clone())?;
         let entry = h.clone_ref(py);
         this.state.with(py, |s| s.timers.push(when, entry))?;
         Ok(h)
@@ -703,23 +763,33 @@ impl LoopCore {
 
     fn add_io(
         slf: &Bound<'_, LoopCore>,
-        fd: &Bound<'_, PyAny>,
+        fileobj: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         write: bool,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let fd = fileobj_to_fd(fd)?;
+        let fd = fileobj_to_fd(fileobj)?;
         let this = slf.get();
         let debug = this.state.with(py, |s| s.schedule_checks(false))??;
         let method = if write { "add_writer" } else { "add_reader" };
         check_callback(py, callback, method, debug)?;
         let h = make_handle(py, callback, args, None, debug, true)?.into_py(py)?;
         let registered = Io::Handle(h.clone_ref(py));
-        match this
-            .state
-            .with(py, |s| s.reactor.set(fd, registered, write))?
-        {
+        let fileobj_id = if fileobj.is_instance_of::<PyInt>() {
+            0
+        } else {
+            fileobj.as_ptr() as usize
+        };
+        match this.state.with(py, |s| {
+            let res = s.reactor.set(fd, registered, write);
+            if res.is_ok() {
+                if let Some(e) = s.reactor.fds.get_mut(&fd) {
+                    e.fileobj_id = fileobj_id;
+                }
+            }
+            res
+        })? {
             Ok(Some(Io::Handle(old))) => cancel_handle(py, old.bind(py))?,
             Ok(other) => drop(other),
             Err((e, rejected)) => {
@@ -730,9 +800,25 @@ impl LoopCore {
         Ok(h)
     }
 
-    fn remove_io(slf: &Bound<'_, LoopCore>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
+    fn remove_io(
+        slf: &Bound<'_, LoopCore>,
+        fileobj: &Bound<'_, PyAny>,
+        write: bool,
+    ) -> PyResult<bool> {
         let py = slf.py();
-        let fd = fileobj_to_fd(fd)?;
+        let fd = match fileobj_to_fd(fileobj) {
+            Ok(fd) => fd,
+            Err(e) if e.is_instance_of::<PyValueError>(py) => {
+                // A file object closed since it was registered: asyncio's selector finds the
+                // registration by the object itself.
+                let id = fileobj.as_ptr() as usize;
+                return match slf.get().state.with(py, |s| s.reactor.fd_of_fileobj(id))? {
+                    Some(fd) => Self::remove_closed_io(slf, fd, write),
+                    None => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         let old = slf.get().state.with(py, |s| {
             if s.closed {
                 None
@@ -751,6 +837,43 @@ impl LoopCore {
             }
             None => Ok(false),
         }
+    }
+
+    /// `remove_reader`/`remove_writer` for a registration whose file is closed. As asyncio's
+    /// selector: with the other direction still watched, changing the kernel's interest in
+    /// a closed fd fails with EBADF and the whole registration is forgotten; otherwise the
+    /// registration goes and the answer is whether a callback was removed.
+    fn remove_closed_io(slf: &Bound<'_, LoopCore>, fd: RawFd, write: bool) -> PyResult<bool> {
+        let py = slf.py();
+        let (reader, writer, linger) = slf.get().state.with(py, |s| {
+            if s.closed {
+                (None, None, None)
+            } else {
+                s.reactor.forget_closed(fd)
+            }
+        })?;
+        drop(linger);
+        let (mine, other) = if write {
+            (writer, reader)
+        } else {
+            (reader, writer)
+        };
+        let removed = match mine {
+            Some(Io::Handle(h)) => {
+                cancel_handle(py, h.bind(py))?;
+                true
+            }
+            Some(io) => {
+                drop(io);
+                true
+            }
+            None => false,
+        };
+        if let Some(other) = other {
+            drop(other);
+            return Err(os_error(std::io::Error::from_raw_os_error(libc::EBADF)));
+        }
+        Ok(removed)
     }
 }
 
@@ -779,8 +902,64 @@ impl LoopCore {
                 task_factory: None,
             }),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
+            clock_overridden: AtomicBool::new(false),
             clock_resolution: clock::resolution(),
         })
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: the collector calls tp_traverse with the GIL held; the token only enters
+        // our own cell, which refuses (and we skip: all stays reachable) if it is in use.
+        let py = unsafe { Python::assume_gil_acquired() };
+        let res = self.state.try_with(py, |s| -> Result<(), PyTraverseError> {
+            for item in s.ready.iter() {
+                visit_ready(&visit, item)?;
+            }
+            for h in s.timers.handles() {
+                visit.call(h)?;
+            }
+            for entry in s.reactor.fds.values() {
+                for io in [&entry.reader, &entry.writer].into_iter().flatten() {
+                    visit_io(&visit, io)?;
+                }
+            }
+            if let Some(f) = &s.task_factory {
+                visit.call(f)?;
+            }
+            Ok(())
+        });
+        res.unwrap_or(Ok(()))
+    }
+
+    /// Breaks a garbage cycle through the loop (the Python side's finalizer has closed it
+    /// already in the usual case): releases every callback, timer and registration.
+    fn __clear__(&self) {
+        // SAFETY: tp_clear runs with the GIL held.
+        let py = unsafe { Python::assume_gil_acquired() };
+        let released = self.state.try_with(py, |s| {
+            let ready: Vec<Ready> = s.ready.drain(..).collect();
+            let timers = s.timers.drain();
+            let io: Vec<FdEntryRefs> = s
+                .reactor
+                .fds
+                .drain()
+                .map(|(_, e)| (e.reader, e.writer))
+                .collect();
+            (ready, timers, io, s.task_factory.take())
+        });
+        if let Some((ready, timers, io, factory)) = released {
+            release_ready_queue(py, &ready);
+            for t in &timers {
+                set_unscheduled(py, t);
+            }
+            drop((ready, timers, io, factory));
+        }
+    }
+
+    /// Tells the core whether `time` is overridden (the Python side watches assignments to
+    /// the attribute and checks for a subclass's method).
+    fn _set_clock_overridden(&self, overridden: bool) {
+        self.clock_overridden.store(overridden, Ordering::Relaxed);
     }
 
     /// `time.monotonic()`, the loop's clock.
@@ -870,8 +1049,20 @@ impl LoopCore {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let delay: f64 = delay.extract()?;
-        Self::schedule_timer(slf, clock::monotonic() + delay, callback, args, context)
+        if !Self::time_is_overridden(slf)? {
+            let delay: f64 = delay.extract()?;
+            return Self::schedule_timer(
+                slf,
+                clock::monotonic() + delay,
+                None,
+                callback,
+                args,
+                context,
+            );
+        }
+        // asyncio's `self.call_at(self.time() + delay, ...)`, with the overriding clock.
+        let when = slf.call_method0(intern!(slf.py(), "time"))?.add(delay)?;
+        Self::call_at(slf, &when, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -885,8 +1076,14 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let when: f64 = when.extract()?;
-        Self::schedule_timer(slf, when, callback, args, context)
+        let secs: f64 = when.extract()?;
+        // Kept as given unless it is a float (an int deadline stays an int, as in asyncio).
+        let when_obj = if when.is_exact_instance_of::<PyFloat>() {
+            None
+        } else {
+            Some(when.clone().unbind())
+        };
+        Self::schedule_timer(slf, secs, when_obj, callback, args, context)
     }
 
     /// `sock_recv`'s first attempt: asyncio's checks, then `sock.recv(n)` on the raw fd: the
@@ -1177,6 +1374,7 @@ impl LoopCore {
         })??;
         this.cancelled_timers.store(0, Ordering::Relaxed);
         if let Some((ready, timers, io)) = released {
+            release_ready_queue(py, &ready);
             for t in &timers {
                 set_unscheduled(py, t);
             }

@@ -7,18 +7,22 @@
 //! `PyObject_Call`, and leaves the context: the same observable behaviour as asyncio's
 //! `context.run(callback, *args)`, without building a bound method per call.
 //!
-//! Handles are not tracked by Python's cyclic GC: with one allocated per `call_soon`, tracking
-//! them made the collector a large share of the loop's time. They cannot keep a cycle alive
-//! either: a one-shot handle gives up its callback and arguments when it runs (or is cancelled),
-//! so a cycle through a handle exists only while the loop itself holds the handle.
+//! Handles take part in Python's cyclic GC while they hold a callback: an object that keeps
+//! its own pending `call_later` handle (object -> handle -> bound method -> object), or a task
+//! left waiting in `asyncio.sleep()` when its loop closes, is a cycle the collector must be
+//! able to free, as it does with asyncio's handles. A one-shot handle gives up its callback and
+//! arguments when it runs (or is cancelled) and leaves the collector's lists at that moment,
+//! so the handles that already ran (nearly all of them) cost the collector nothing.
+//! Handles can be weakly referenced, as asyncio's can.
 //!
-//! Size matters here: a `Handle` is 48 bytes (object header, three references, one flag
-//! byte). At 64 bytes it shared CPython's allocator size class with the `Context` copied for
-//! every `call_soon`; handles and contexts then alternated in memory and every collection of
-//! the young generation (which walks those contexts) touched twice the cache lines. So the
-//! rarely used parts live elsewhere: a timer's deadline in the `TimerHandle` subclass, and
-//! debug-mode data (creation stack, repr at cancellation) in a side table keyed by the
-//! handle's address, removed when the handle is freed.
+//! Size matters here: a `Handle` is 80 bytes with the collector's header (object header,
+//! weak reference list, three references, one flag byte). At 64 bytes it shared CPython's
+//! allocator size class with the `Context` copied for every `call_soon`; handles and contexts
+//! then alternated in memory and every collection of the young generation (which walks those
+//! contexts) touched twice the cache lines. So the rarely used parts live elsewhere: a timer's
+//! deadline in the `TimerHandle` subclass, and debug-mode data (creation stack, repr at
+//! cancellation) in a side table keyed by the handle's address, removed when the handle is
+//! freed.
 
 use std::cell::{Cell, UnsafeCell};
 use std::collections::BTreeMap;
@@ -30,6 +34,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyFloat, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::pyhelpers;
 
@@ -81,7 +86,7 @@ pub fn _handle_extras_count() -> usize {
     extras().len()
 }
 
-#[pyclass(subclass, frozen, module = "ferroloop", name = "Handle")]
+#[pyclass(subclass, frozen, weakref, module = "ferroloop", name = "Handle")]
 pub struct Handle {
     flags: Cell<u8>,
     data: UnsafeCell<HandleData>,
@@ -141,9 +146,10 @@ impl Handle {
     /// For a context copied for this handle alone (`call_soon` without `context=`): hides it
     /// from the cyclic GC while the handle holds it. Thousands of pending handles meant
     /// thousands of tracked contexts walked by every young-generation collection for nothing
-    /// (a large share of `call_soon`'s cost); a cycle through the copy would have to pass
-    /// through the handle, which the GC does not track either. The handle's drop tracks the
-    /// context again before releasing it.
+    /// (a large share of `call_soon`'s cost). Nothing but the handle refers to the copy, so a
+    /// cycle through it would need one of its context variables to hold the handle itself,
+    /// which the collector does not see (the one case left to reference counting). The
+    /// handle's drop tracks the context again before releasing it.
     pub(crate) fn untrack_own_context(&self, py: Python<'_>) {
         let untracked = self.with(py, |d| match &d.context {
             Some(ctx) => {
@@ -276,6 +282,27 @@ impl NewHandle {
 
 type Released = (Option<PyObject>, Option<Py<PyTuple>>);
 
+/// The handle gave up its callback and arguments: it can no longer be part of a cycle (see
+/// the module docs), so it leaves the collector's lists. Also used for handles that enter the
+/// ready queue (see [`visit_queued`]).
+#[inline]
+pub(crate) fn leave_gc(h: &Bound<'_, Handle>) {
+    // SAFETY: `h` is a live object of a GC type (Handle has tp_traverse); untracking an
+    // untracked object is a no-op, and the deallocator's untrack is idempotent too.
+    unsafe { ffi::PyObject_GC_UnTrack(h.as_ptr() as *mut std::ffi::c_void) };
+}
+
+/// The handle holds a callback again (an error report needs it), or the loop lets go of a
+/// queued handle that someone else still holds: back into the collector's lists.
+pub(crate) fn rejoin_gc(h: &Bound<'_, Handle>) {
+    // SAFETY: `h` is a live object of a GC type; it is tracked only if not tracked already.
+    unsafe {
+        if ffi::PyObject_GC_IsTracked(h.as_ptr()) == 0 {
+            ffi::PyObject_GC_Track(h.as_ptr() as *mut std::ffi::c_void);
+        }
+    }
+}
+
 pub(crate) fn is_cancelled(_py: Python<'_>, h: &Py<Handle>) -> bool {
     h.get().is_cancelled()
 }
@@ -295,6 +322,7 @@ pub(crate) fn cancel_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<(
         Ok(())
     };
     let released: Released = this.with(py, |d| (d.callback.take(), d.args.take()))?;
+    leave_gc(h);
     if this.has(SCHEDULED) {
         if let Ok(timer) = h.downcast::<TimerHandle>() {
             timer.get().cancelled_timers.fetch_add(1, Ordering::Relaxed);
@@ -302,6 +330,54 @@ pub(crate) fn cancel_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<(
     }
     drop(released);
     formatted
+}
+
+/// A handle in the ready queue is not tracked by the collector on its own: `call_soon` can
+/// queue tens of thousands in one turn, and as tracked objects they would survive into the
+/// older generations and trigger full collections (half of `call_soon`'s speed). While only
+/// the queue holds it (reference count 1) it is part of the loop, whose traversal visits what
+/// the handle holds; if something else holds it too, it is visited as an object (a no-op
+/// while untracked: its references count as external, so nothing it holds can be freed by
+/// mistake). Such a handle rejoins the collector when the loop lets go of it without running
+/// it ([`release_queued`]); once run, it holds nothing.
+pub(crate) fn visit_queued(
+    h: &Py<Handle>,
+    visit: &pyo3::PyVisit<'_>,
+) -> Result<(), pyo3::PyTraverseError> {
+    // SAFETY: the collector runs with the GIL held; `h` is alive (the queue owns a reference).
+    let (tracked, refs) = unsafe {
+        (
+            ffi::PyObject_GC_IsTracked(h.as_ptr()) != 0,
+            ffi::Py_REFCNT(h.as_ptr()),
+        )
+    };
+    if tracked || refs != 1 {
+        return visit.call(h);
+    }
+    let this = h.get();
+    if this.has(BUSY) {
+        return Ok(());
+    }
+    // SAFETY: GIL held, BUSY clear: no `&mut` to the data exists; read only.
+    let d = unsafe { &*this.data.get() };
+    for o in [&d.callback, &d.context].into_iter().flatten() {
+        visit.call(o)?;
+    }
+    if let Some(args) = &d.args {
+        visit.call(args)?;
+    }
+    Ok(())
+}
+
+/// The loop lets go of a queued handle that did not run (close, or the collector clearing
+/// the loop): if someone else holds it and it still holds a callback, it rejoins the
+/// collector so that a cycle through it can be freed.
+pub(crate) fn release_queued(py: Python<'_>, h: &Py<Handle>) {
+    // SAFETY: GIL held; `h` is alive.
+    let shared = unsafe { ffi::Py_REFCNT(h.as_ptr()) } > 1;
+    if shared && h.get().with(py, |d| d.callback.is_some()).unwrap_or(true) {
+        rejoin_gc(h.bind(py));
+    }
 }
 
 /// What running a handle produced.
@@ -338,6 +414,9 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
     let Some((cb, args, ctx)) = taken else {
         return Ok(RunOutcome::Done);
     };
+    if !lend {
+        leave_gc(h);
+    }
     // Bound references release themselves with a plain decref (the GIL is known to be held).
     let (cb, args, ctx) = (cb.into_bound(py), args.into_bound(py), ctx.into_bound(py));
     // SAFETY: `cb` and `args` are owned references kept alive across the call (the tuple
@@ -361,6 +440,7 @@ pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunO
                         d.args = Some(args.unbind());
                     }
                 });
+                rejoin_gc(h);
             }
             Ok(RunOutcome::Raised(err))
         }
@@ -480,6 +560,7 @@ pub(crate) fn release_after_debug_check(py: Python<'_>, h: &Bound<'_, Handle>) {
         return;
     }
     let released: Option<Released> = this.with(py, |d| (d.callback.take(), d.args.take())).ok();
+    leave_gc(h);
     drop(released);
 }
 
@@ -489,6 +570,42 @@ fn opt(py: Python<'_>, v: &Option<PyObject>) -> PyObject {
 
 #[pymethods]
 impl Handle {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if self.has(BUSY) {
+            // Being updated further up this thread's stack: what it holds stays reachable.
+            return Ok(());
+        }
+        // SAFETY: the collector runs with the GIL held and BUSY is clear, so no `&mut` to the
+        // data exists; nothing here calls into Python or modifies the data.
+        let d = unsafe { &*self.data.get() };
+        if let Some(cb) = &d.callback {
+            visit.call(cb)?;
+        }
+        if let Some(args) = &d.args {
+            visit.call(args)?;
+        }
+        if let Some(ctx) = &d.context {
+            visit.call(ctx)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        // SAFETY: tp_clear runs with the GIL held.
+        let py = unsafe { Python::assume_gil_acquired() };
+        let released = self.with(py, |d| (d.callback.take(), d.args.take(), d.context.take()));
+        if let Ok((cb, args, ctx)) = released {
+            let untracked = self.has(CONTEXT_UNTRACKED);
+            self.set(CONTEXT_UNTRACKED, false);
+            if let (true, Some(ctx)) = (untracked, &ctx) {
+                // SAFETY: the copy was untracked by `untrack_own_context` and goes back to
+                // the collector before it is released (see `Drop`).
+                unsafe { ffi::PyObject_GC_Track(ctx.as_ptr() as *mut std::ffi::c_void) };
+            }
+            drop((cb, args, ctx));
+        }
+    }
+
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         cancel_handle(slf.py(), slf)
     }
@@ -566,6 +683,9 @@ impl Handle {
 #[pyclass(extends = Handle, frozen, module = "ferroloop", name = "TimerHandle")]
 pub struct TimerHandle {
     when: f64,
+    /// The deadline as given to `call_at` when it was not a float (an int stays an int for
+    /// `when()` and `_when`, as in asyncio); the heap orders by `when`.
+    when_obj: Option<PyObject>,
     /// Shared with the loop: how many scheduled timers were cancelled (heap compaction).
     cancelled_timers: Arc<AtomicUsize>,
 }
@@ -575,6 +695,7 @@ impl TimerHandle {
         py: Python<'_>,
         base: NewHandle,
         when: f64,
+        when_obj: Option<PyObject>,
         counter: Arc<AtomicUsize>,
     ) -> PyResult<Py<Handle>> {
         let NewHandle {
@@ -584,6 +705,7 @@ impl TimerHandle {
         handle.set(SCHEDULED, true);
         let init = PyClassInitializer::from(handle).add_subclass(TimerHandle {
             when,
+            when_obj,
             cancelled_timers: counter,
         });
         let obj = Bound::new(py, init)?;
@@ -599,10 +721,19 @@ fn when_of(h: &Bound<'_, TimerHandle>) -> f64 {
     h.get().when
 }
 
+/// The deadline as the user gave it (see `TimerHandle::when_obj`).
+fn when_object(h: &Bound<'_, TimerHandle>) -> PyResult<PyObject> {
+    let py = h.py();
+    match &h.get().when_obj {
+        Some(o) => Ok(o.clone_ref(py)),
+        None => Ok(PyFloat::new(py, when_of(h)).into_any().unbind()),
+    }
+}
+
 #[pymethods]
 impl TimerHandle {
-    fn when(slf: &Bound<'_, Self>) -> f64 {
-        when_of(slf)
+    fn when(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        when_object(slf)
     }
 
     /// `asyncio.TimerHandle` (see `Handle.__class__`).
@@ -615,8 +746,8 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _when(slf: &Bound<'_, Self>) -> f64 {
-        when_of(slf)
+    fn _when(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        when_object(slf)
     }
 
     #[getter]
@@ -625,8 +756,8 @@ impl TimerHandle {
     }
 
     fn __hash__(slf: &Bound<'_, Self>) -> PyResult<isize> {
-        // Same hash as the float `when`, like asyncio's `hash(self._when)`.
-        PyFloat::new(slf.py(), when_of(slf)).hash()
+        // asyncio's `hash(self._when)`.
+        when_object(slf)?.bind(slf.py()).hash()
     }
 
     fn __richcmp__(

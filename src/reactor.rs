@@ -73,6 +73,10 @@ pub struct FdEntry {
     linger: Option<PyObject>,
     /// Listed in `Reactor::lingering` (each fd at most once, however often it lingers).
     listed: bool,
+    /// Address of the file object last given to `add_reader`/`add_writer` for this fd (0 for
+    /// a plain int). Only compared, never dereferenced: it finds the registration of a socket
+    /// closed since (its `fileno()` is -1), as asyncio's selector finds it by the object.
+    pub fileobj_id: usize,
 }
 
 impl FdEntry {
@@ -255,6 +259,26 @@ impl Reactor {
 
     pub fn has_lingering(&self) -> bool {
         !self.lingering.is_empty()
+    }
+
+    /// The fd whose registration was made with the file object at address `id`.
+    pub fn fd_of_fileobj(&self, id: usize) -> Option<RawFd> {
+        if id == 0 {
+            return None;
+        }
+        self.fds
+            .iter()
+            .find(|(_, e)| e.fileobj_id == id)
+            .map(|(fd, _)| *fd)
+    }
+
+    /// Forgets every registration of `fd`, whose file is already closed (the kernel dropped
+    /// it from epoll by itself). Returns what was registered.
+    pub fn forget_closed(&mut self, fd: RawFd) -> (Option<Io>, Option<Io>, Option<PyObject>) {
+        match self.fds.remove(&fd) {
+            Some(e) => (e.reader, e.writer, e.linger),
+            None => (None, None, None),
+        }
     }
 
     /// Removes the reader (or writer) of `fd`, returning it if there was one.

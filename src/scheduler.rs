@@ -77,6 +77,11 @@ impl TimerHeap {
         self.heap.pop()
     }
 
+    /// Every scheduled handle, in no particular order (for the garbage collector).
+    pub fn handles(&self) -> impl Iterator<Item = &Py<Handle>> {
+        self.heap.iter().map(|e| &e.handle)
+    }
+
     pub fn drain(&mut self) -> Vec<Py<Handle>> {
         self.heap.drain().map(|e| e.handle).collect()
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 
@@ -201,3 +202,46 @@ def test_fileno_object(loop):
     assert out == [b"fl"]
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("direction", ["reader", "writer"])
+def test_remove_after_the_socket_object_was_closed(loop, direction):
+    """A socket closed while registered (its fileno() is now -1): the registration is found
+    by the object, as asyncio's selector does (anyio closes sockets a task waits on)."""
+    a, b = socket.socketpair()
+    add = getattr(loop, f"add_{direction}")
+    remove = getattr(loop, f"remove_{direction}")
+    add(a, lambda: None)
+    a.close()
+    try:
+        assert a.fileno() == -1
+        assert remove(a) is True
+        # Gone: the object names no registration and no fd any more.
+        with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+            remove(a)
+    finally:
+        b.close()
+
+
+def test_remove_reader_of_closed_socket_with_writer_still_registered(loop):
+    a, b = socket.socketpair()
+    loop.add_reader(a, lambda: None)
+    loop.add_writer(a, lambda: None)
+    a.close()
+    try:
+        # Changing the kernel's interest in a closed fd fails; the registration is forgotten.
+        with pytest.raises(OSError) as info:
+            loop.remove_reader(a)
+        assert info.value.errno == errno.EBADF
+        with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+            loop.remove_writer(a)
+    finally:
+        b.close()
+
+
+def test_remove_with_a_closed_socket_that_was_never_registered(loop):
+    a, b = socket.socketpair()
+    a.close()
+    b.close()
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        loop.remove_reader(a)

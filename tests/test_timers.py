@@ -131,3 +131,83 @@ def test_sleep_resolution(loop):
 
     elapsed = loop.run_until_complete(main())
     assert 0.009 <= elapsed < 1.0
+
+
+@pytest.mark.parametrize("when", [12345, 12345.5, 10**6])
+def test_call_at_keeps_the_deadline_as_given(loop, when):
+    # Libraries round deadlines to whole seconds and check them: an int stays an int.
+    h = loop.call_at(when, lambda: None)
+    assert h.when() == when
+    assert type(h.when()) is type(when)
+    assert type(h._when) is type(when)
+    assert hash(h) == hash(when)
+    h.cancel()
+
+
+def test_call_later_deadline_is_a_float(loop):
+    h = loop.call_later(1, lambda: None)
+    assert type(h.when()) is float
+    h.cancel()
+
+
+def test_timers_follow_a_patched_loop_time(loop):
+    """mock.patch.object(loop, "time"): asyncio decides which timers are due with
+    self.time(), so moving the clock forward runs a timer set far in the future."""
+    from unittest import mock
+
+    fired = []
+    loop.call_later(1000, fired.append, "far")
+    base = loop.time()
+    with mock.patch.object(loop, "time", return_value=base + 2000):
+        assert loop.time() == base + 2000
+        loop.run_until_complete(_one_iteration())
+        assert fired == ["far"]
+        # call_later reads the patched clock too: 'soon' is due at base + 2000 + 5.
+        h = loop.call_later(5, fired.append, "soon")
+        assert h.when() == base + 2005
+    # Back on the real clock, that deadline is ~2000 s away: nothing more runs.
+    loop.run_until_complete(_one_iteration())
+    assert fired == ["far"]
+    h.cancel()
+    assert "time" not in vars(loop)
+
+
+def test_patched_loop_time_returning_ints(loop):
+    from unittest import mock
+
+    with mock.patch.object(loop, "time", return_value=100):
+        h = loop.call_later(5, lambda: None)
+        assert h.when() == 105
+        assert type(h.when()) is int
+    h.cancel()
+
+
+async def _one_iteration():
+    import asyncio
+
+    await asyncio.sleep(0)
+
+
+def test_subclass_time_drives_the_timers(loop_factory):
+    """A loop class whose time() runs ahead: asyncio's timers follow it."""
+    import asyncio
+
+    probe = loop_factory()
+    base_cls = type(probe)
+    probe.close()
+
+    class FastClock(base_cls):  # type: ignore[misc, valid-type]
+        offset = 0.0
+
+        def time(self):
+            return super().time() + self.offset
+
+    lp = FastClock()
+    try:
+        fired = []
+        lp.call_later(500, fired.append, 1)
+        lp.offset = 1000.0
+        lp.run_until_complete(asyncio.sleep(0))
+        assert fired == [1]
+    finally:
+        lp.close()

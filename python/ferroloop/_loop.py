@@ -194,6 +194,22 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
         self._csock: socket.socket | None = None
         self.slow_callback_duration = 0.1
         self.set_debug(coroutines._is_debug_mode())
+        # A subclass's own time(): the loop's timer decisions must call it, as asyncio's do.
+        self._set_clock_overridden(type(self).time is not LoopCore.time)
+
+    # ``loop.time`` replaced on the instance (``mock.patch.object(loop, "time", ...)``, as
+    # tests and libraries do to move the clock): asyncio decides which timers are due with
+    # ``self.time()``, so the replacement takes effect; the native core is told, and reads its
+    # own clock only while nothing overrides it (no cost in the common case).
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name == "time":
+            self._set_clock_overridden(True)
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        if name == "time":
+            self._set_clock_overridden(type(self).time is not LoopCore.time)
 
     @property
     def _closed(self) -> bool:
