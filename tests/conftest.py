@@ -7,6 +7,7 @@ ferroloop is a ferroloop bug. Tests of ferroloop-only features use ``ferroloop_l
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -52,3 +53,33 @@ def ferroloop_loop() -> Iterator[ferroloop.Loop]:
     finally:
         if not lp.is_closed():
             lp.close()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    """A self-signed certificate for 'localhost' / 127.0.0.1, made with the openssl CLI."""
+    d = tmp_path_factory.mktemp("tls")
+    key, cert = d / "key.pem", d / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)

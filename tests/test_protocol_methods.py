@@ -99,9 +99,7 @@ class Silent(asyncio.BaseProtocol):
             self.lost.set_result(exc)
 
 
-def test_data_for_a_protocol_without_data_received_is_a_fatal_error(
-    loop, closer, handler_calls
-):
+def test_data_for_a_protocol_without_data_received_is_a_fatal_error(loop, closer, handler_calls):
     lsock = listener(closer)
 
     async def main():

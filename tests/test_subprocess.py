@@ -164,3 +164,21 @@ def test_subprocess_run_in_plain_subprocess_module_unaffected(loop):
         return subprocess.run([PY, "-c", "import sys; sys.exit(5)"]).returncode
 
     assert loop.run_until_complete(main()) == 5
+
+
+def test_returncode_when_popen_reaped_the_child_first(loop, caplog):
+    """The child exits while the loop is busy; send_signal() then calls Popen.poll(), which
+    reaps it. wait() still gives the child's real exit code, without a warning."""
+
+    async def main():
+        p = await asyncio.create_subprocess_exec(PY, "-c", "import sys; sys.exit(7)")
+        time.sleep(1.0)  # the loop is busy: the child exits meanwhile, unobserved
+        try:
+            p.send_signal(signal.SIGTERM)  # Popen.poll() inside reaps the child
+        except ProcessLookupError:
+            pass
+        return await asyncio.wait_for(p.wait(), 10)
+
+    with caplog.at_level("WARNING", logger="asyncio"):
+        assert loop.run_until_complete(main()) == 7
+    assert not [r for r in caplog.records if "exit status already read" in r.getMessage()]

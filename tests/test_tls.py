@@ -4,39 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
 
 import pytest
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    """A self-signed certificate for 'localhost' / 127.0.0.1, made with the openssl CLI."""
-    d = tmp_path_factory.mktemp("tls")
-    key, cert = d / "key.pem", d / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return str(cert), str(key)
 
 
 def _contexts(certs):

@@ -83,13 +83,20 @@ class SubprocessMixin:
         try:
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
-            # Someone else reaped it (a SIGCHLD handler, os.wait() elsewhere): asyncio
-            # reports 255 in that case.
-            returncode = 255
-            base_events.logger.warning(
-                "child process pid %d exit status already read:  will report returncode 255",
-                pid,
-            )
+            # Already reaped. Most often by the Popen object itself: send_signal(), terminate()
+            # and kill() call poll() first, which reaps a child that exited while the loop was
+            # busy, and Popen then knows the real exit code. Only a child reaped elsewhere
+            # (a SIGCHLD handler, os.wait()) has none: asyncio reports 255 then.
+            popen = getattr(transp, "_proc", None)
+            known = getattr(popen, "returncode", None)
+            if known is not None:
+                returncode = known
+            else:
+                returncode = 255
+                base_events.logger.warning(
+                    "child process pid %d exit status already read:  will report returncode 255",
+                    pid,
+                )
         else:
             returncode = os.waitstatus_to_exitcode(status)
         # One more iteration first, as asyncio does, so pipe data already read is delivered.
