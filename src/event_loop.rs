@@ -1018,6 +1018,66 @@ impl LoopCore {
         self.clock_resolution
     }
 
+    /// asyncio's `_ready`, read-only: a `collections.deque` snapshot of the callbacks queued
+    /// for the next iteration, as handles (callbacks queued without one, from asyncio's C
+    /// tasks and futures, get an equivalent handle). Libraries read its length and contents;
+    /// changing the snapshot changes nothing (documented difference).
+    #[getter]
+    fn _ready(&self, py: Python<'_>) -> PyResult<PyObject> {
+        enum Item {
+            Handle(Py<Handle>),
+            Light(PyObject, Option<PyObject>, PyObject),
+        }
+        let items: Vec<Item> = self.state.with(py, |s| {
+            s.ready
+                .iter()
+                .filter_map(|r| match r {
+                    Ready::Call(h) => Some(Item::Handle(h.clone_ref(py))),
+                    Ready::Light(c) => Some(Item::Light(
+                        c.callback.clone_ref(py),
+                        c.arg.as_ref().map(|a| a.clone_ref(py)),
+                        c.context.clone_ref(py),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        })?;
+        let mut handles: Vec<Py<Handle>> = Vec::with_capacity(items.len());
+        for item in items {
+            handles.push(match item {
+                Item::Handle(h) => h,
+                Item::Light(callback, arg, context) => LightCall {
+                    callback,
+                    arg,
+                    context,
+                }
+                .into_handle(py)?,
+            });
+        }
+        let deque = py.import("collections")?.getattr("deque")?;
+        Ok(deque.call1((handles,))?.unbind())
+    }
+
+    /// asyncio's `_scheduled`, read-only: a list snapshot of the scheduled timers (cancelled
+    /// ones included until they are purged), earliest first (a valid heap, as asyncio's is).
+    #[getter]
+    fn _scheduled(&self, py: Python<'_>) -> PyResult<Vec<Py<Handle>>> {
+        let mut timers: Vec<(f64, u64, Py<Handle>)> = self.state.with(py, |s| {
+            s.timers
+                .entries()
+                .map(|(when, seq, h)| (when, seq, h.clone_ref(py)))
+                .collect()
+        })?;
+        timers.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        Ok(timers.into_iter().map(|(_, _, h)| h).collect())
+    }
+
+    /// asyncio's `_timer_cancelled_count`: scheduled timers cancelled and not yet purged.
+    #[getter]
+    fn _timer_cancelled_count(&self) -> usize {
+        self.cancelled_timers.load(Ordering::Relaxed)
+    }
+
     /// Number of callbacks in the ready queue (diagnostics).
     fn _ready_count(&self, py: Python<'_>) -> PyResult<usize> {
         self.state.with(py, |s| s.ready.len())

@@ -77,6 +77,11 @@ impl TimerHeap {
         self.heap.pop()
     }
 
+    /// Every scheduled timer as (deadline, scheduling order, handle), in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (f64, u64, &Py<Handle>)> {
+        self.heap.iter().map(|e| (e.when, e.seq, &e.handle))
+    }
+
     /// Every scheduled handle, in no particular order (for the garbage collector).
     pub fn handles(&self) -> impl Iterator<Item = &Py<Handle>> {
         self.heap.iter().map(|e| &e.handle)

@@ -263,3 +263,31 @@ def test_never_retrieved_exception_reported(loop):
     loop.run_until_complete(main())
     gc.collect()
     assert any("exception was never retrieved" in c.get("message", "") for c in contexts)
+
+
+def test_private_ready_and_scheduled_views(loop):
+    """Libraries read asyncio's private ``_ready`` (a deque of handles), ``_scheduled`` (a
+    heap of timer handles) and ``_timer_cancelled_count``."""
+    import asyncio
+
+    def cb():
+        pass
+
+    h = loop.call_soon(cb, 1)
+    t2 = loop.call_later(20, cb)
+    t1 = loop.call_later(10, cb)
+    t3 = loop.call_later(30, cb)
+    t3.cancel()
+    ready = loop._ready
+    assert type(ready).__name__ == "deque"
+    assert list(ready) == [h]
+    assert ready[0]._callback is cb and ready[0]._args == (1,)
+    scheduled = loop._scheduled
+    assert isinstance(scheduled, list)
+    assert scheduled[0] is t1
+    assert set(scheduled) == {t1, t2, t3}
+    assert loop._timer_cancelled_count == 1
+    for t in (t1, t2):
+        t.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert len(loop._ready) == 0

@@ -1,6 +1,7 @@
 """Type stubs for ferroloop's native module (``ferroloop._ferroloop``)."""
 
 import asyncio
+import collections
 import concurrent.futures
 import contextvars
 from collections.abc import Callable, Coroutine
@@ -31,9 +32,9 @@ class Handle:
 class TimerHandle(Handle):
     """A callback scheduled for a deadline (``asyncio.TimerHandle``'s counterpart)."""
 
-    def when(self) -> float: ...
+    def when(self) -> Any: ...
     @property
-    def _when(self) -> float: ...
+    def _when(self) -> Any: ...
     @property
     def _scheduled(self) -> bool: ...
     def __lt__(self, other: TimerHandle) -> bool: ...
@@ -64,6 +65,16 @@ class LoopCore:
     def _clock_resolution(self) -> float: ...
     @property
     def _task_factory(self) -> Callable[..., Any] | None: ...
+    @property
+    def _ready(self) -> collections.deque[Handle]:
+        """Snapshot of the ready queue as handles (asyncio's private ``_ready``, read-only)."""
+    @property
+    def _scheduled(self) -> list[TimerHandle]:
+        """Snapshot of the scheduled timers, earliest first (asyncio's ``_scheduled``)."""
+    @property
+    def _timer_cancelled_count(self) -> int: ...
+    def _set_clock_overridden(self, overridden: bool) -> None:
+        """Whether ``time`` is overridden: the iteration then calls ``self.time()``."""
     def _ready_count(self) -> int: ...
     def _timer_count(self) -> int: ...
     def call_soon(
