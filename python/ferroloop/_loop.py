@@ -172,10 +172,20 @@ class _DefaultExecutor(concurrent.futures.ThreadPoolExecutor):
 threading._register_atexit(_ferroloop._executor_atexit)  # type: ignore[attr-defined]
 
 
+# Every ferroloop loop alive in this process (diagnostics: metrics exporters, task dumps).
+_LIVE_LOOPS: weakref.WeakSet[Loop] = weakref.WeakSet()
+
+
+def live_loops() -> list[Loop]:
+    """The ferroloop loops alive in this process, closed ones excluded."""
+    return [lp for lp in list(_LIVE_LOOPS) if not lp.is_closed()]
+
+
 class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop implemented in Rust."""
 
     def __init__(self) -> None:
+        _LIVE_LOOPS.add(self)
         self._exception_handler: Callable[..., Any] | None = None
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
