@@ -26,7 +26,6 @@ import types
 from asyncio import (
     base_events,
     constants,
-    exceptions,
     futures,
     selector_events,
     sslproto,
@@ -247,14 +246,17 @@ class NetworkingMixin:
         ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
     ) -> None:
         """Builds the protocol and transport of an accepted connection (asyncio's
-        ``_accept_connection2``), with two differences: a failure closes the accepted socket
-        at once (asyncio leaves it to the garbage collector), and it reaches the exception
-        handler in every mode, not only in debug mode (a connection dropped without a word
-        is hard to diagnose). A cancellation (the server closing) stays silent outside debug
-        mode, as in asyncio."""
+        ``_accept_connection2``), with two differences when building them fails (the
+        protocol factory or the transport raises): the accepted socket is closed at once
+        (asyncio leaves it to the garbage collector), and the failure reaches the exception
+        handler in every mode (asyncio: in debug mode only; a connection dropped without a
+        word is hard to diagnose). What happens once the transport exists (a TLS handshake
+        failing, a peer resetting, the server closing) is reported in debug mode only, as
+        in asyncio: those are routine on a public server."""
         loop: Any = self
         protocol = None
         transport = None
+        built = False
         try:
             protocol = protocol_factory()
             waiter = loop.create_future()
@@ -274,6 +276,7 @@ class NetworkingMixin:
                 transport = loop._make_socket_transport(
                     conn, protocol, waiter=waiter, extra=extra, server=server
                 )
+            built = True
             try:
                 await waiter
             except BaseException:
@@ -284,7 +287,7 @@ class NetworkingMixin:
         except BaseException as exc:
             if transport is None:
                 conn.close()
-            if loop._debug or not isinstance(exc, exceptions.CancelledError):
+            if loop._debug or not built:
                 context: dict[str, Any] = {
                     "message": "Error on transport creation for incoming connection",
                     "exception": exc,
