@@ -11,6 +11,10 @@ Use it like uvloop::
     ferroloop.install()                        # every new loop is a ferroloop loop
 
 or run an unmodified program: ``python -m ferroloop script.py [args]``.
+
+Diagnostics: ``ferroloop.enable_inspect()`` (or ``FERROLOOP_INSPECT=1``) lets
+``python -m ferroloop ps PID`` / ``pstree PID`` print the process's tasks from outside;
+``ferroloop.metrics`` exports ``loop.metrics()`` to Prometheus and OpenTelemetry.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from . import _inspect
 from ._ferroloop import Handle, TimerHandle
+from ._inspect import enable_inspect
 from ._loop import Loop
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "Handle",
     "Loop",
     "TimerHandle",
+    "enable_inspect",
     "install",
     "new_event_loop",
     "run",
@@ -38,6 +45,7 @@ _T = TypeVar("_T")
 
 def new_event_loop() -> Loop:
     """Return a new ferroloop event loop."""
+    _inspect.on_loop_created()
     return Loop()
 
 
@@ -64,3 +72,7 @@ def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
     """Run a coroutine on a new ferroloop loop, like ``asyncio.run``."""
     with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)
+
+
+# FERROLOOP_INSPECT=1: serve task dumps (python -m ferroloop ps/pstree PID) from the start.
+_inspect.enable_from_env()

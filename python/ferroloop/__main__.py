@@ -3,6 +3,10 @@
 Also ``python -m ferroloop -m package.module [args]`` and ``python -m ferroloop -c CODE``.
 The program's own ``asyncio.run(...)``, ``asyncio.new_event_loop()`` and friends get ferroloop
 loops because ferroloop's event loop policy is installed before the program starts.
+
+``python -m ferroloop ps PID`` and ``python -m ferroloop pstree PID`` print the tasks of a
+running process that opted in (``FERROLOOP_INSPECT=1`` or ``ferroloop.enable_inspect()``); see
+``_inspect_cli.py``. A script named ``ps`` or ``pstree`` runs as ``./ps``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import sys
 
 from . import install
 
-USAGE = "usage: python -m ferroloop (script.py | -m module | -c code) [args ...]"
+USAGE = (
+    "usage: python -m ferroloop (script.py | -m module | -c code) [args ...]\n"
+    "       python -m ferroloop (ps | pstree) PID [--json] [--timeout SECONDS]"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not args else sys.stdout)
         return 2 if not args else 0
+    if args[0] in ("ps", "pstree"):
+        from ._inspect_cli import main as inspect_main
+
+        return inspect_main(args)
     install()
     if args[0] == "-m":
         if len(args) < 2:
