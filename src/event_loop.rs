@@ -44,6 +44,7 @@ use crate::handles::{
     args_of, cancel_handle, is_cancelled, leave_gc, release_after_debug_check, release_queued,
     run_handle, visit_queued, Handle, LightCall, NewHandle, RunOutcome, TimerHandle,
 };
+use crate::metrics::{self, Stats};
 use crate::pyhelpers;
 use crate::reactor::{event_is_readable, event_is_writable, Io, Reactor, READABLE};
 use crate::scheduler::{Ready, ReadyQueue, TimerHeap};
@@ -51,6 +52,7 @@ use crate::sockops::{self, SockOp, SockWaiter};
 use crate::transports::datagram;
 use crate::transports::stream;
 use crate::waker::Waker;
+use crate::watchdog::{self, Kind, Stamp};
 
 /// Longest single poll, as in asyncio (one day).
 const MAX_POLL_SECONDS: f64 = 86400.0;
@@ -58,6 +60,10 @@ const MAX_POLL_SECONDS: f64 = 86400.0;
 const EVENTS_PER_POLL: usize = 1024;
 
 struct LoopState {
+    /// Counters and timings (`loop.metrics()`).
+    stats: Stats,
+    /// The blocking watchdog's stamp, while the watchdog is on for this loop.
+    watch: Option<Arc<Stamp>>,
     ready: ReadyQueue,
     timers: TimerHeap,
     reactor: Reactor,
@@ -317,6 +323,20 @@ fn run_light(slf: &Bound<'_, LoopCore>, call: LightCall, debug: bool) -> PyResul
 
 type FdEntryRefs = (Option<Io>, Option<Io>);
 
+/// What the watchdog's stamp names for a unit of work (a borrowed pointer; see `watchdog`).
+fn unit_of(item: &Ready) -> (*mut ffi::PyObject, Kind) {
+    match item {
+        Ready::Call(h) => (h.get().callback_ptr(), Kind::Callback),
+        Ready::Light(c) => (c.callback.as_ptr(), Kind::TaskStep),
+        Ready::Read(t) => (t.as_ptr(), Kind::StreamRead),
+        Ready::Write(t) => (t.as_ptr(), Kind::StreamWrite),
+        Ready::DatagramRead(t) => (t.as_ptr(), Kind::DatagramRead),
+        Ready::DatagramWrite(t) => (t.as_ptr(), Kind::DatagramWrite),
+        Ready::Sock(w) => (w.as_ptr(), Kind::SockOp),
+        Ready::Executor(f) => (f.fut.as_ptr(), Kind::ExecutorResult),
+    }
+}
+
 /// The loop lets go of queued work that will not run (see `handles::release_queued`).
 fn release_ready_queue(py: Python<'_>, ready: &[Ready]) {
     for item in ready {
@@ -374,7 +394,7 @@ impl LoopCore {
         let overriding_now = Self::overriding_now(slf)?;
 
         // 1-2: purge cancelled timers, compute the poll timeout.
-        let (epfd, timeout_ms, watching, lingered) = this.state.with(py, |s| {
+        let (epfd, timeout_ms, watching, lingered, timing) = this.state.with(py, |s| {
             let mut cancelled = this.cancelled_timers.load(Ordering::Relaxed);
             s.timers.purge_cancelled(py, &mut cancelled, &mut garbage);
             this.cancelled_timers.store(cancelled, Ordering::Relaxed);
@@ -399,10 +419,12 @@ impl LoopCore {
                 timeout_ms,
                 !s.reactor.fds.is_empty(),
                 lingered,
+                s.stats.timing,
             )
         })?;
         drop(garbage);
         drop(lingered);
+        let poll_started = if timing { clock::now_ns() } else { 0 };
 
         let n = if timeout_ms == 0 {
             if watching {
@@ -426,9 +448,13 @@ impl LoopCore {
         };
 
         // 3-5: queue I/O callbacks and due timers, take this iteration's batch.
+        let polled_at = if timing { clock::now_ns() } else { 0 };
         let overriding_now = Self::overriding_now(slf)?;
         let mut garbage: Vec<Io> = Vec::new();
-        let (mut batch, mut read_buf, debug) = this.state.with(py, |s| {
+        let (mut batch, mut read_buf, debug, watch) = this.state.with(py, |s| {
+            if timing {
+                s.stats.poll_ns += polled_at.saturating_sub(poll_started);
+            }
             let waker_fd = s.waker.fd();
             for ev in &buf[..n] {
                 let fd = ev.u64 as u32 as RawFd;
@@ -480,12 +506,29 @@ impl LoopCore {
             }
             let spare = std::mem::take(&mut s.spare);
             let batch = std::mem::replace(&mut s.ready, spare);
-            (batch, std::mem::take(&mut s.read_buf), s.debug)
+            s.stats.iterations += 1;
+            s.stats.callbacks += batch.len() as u64;
+            (
+                batch,
+                std::mem::take(&mut s.read_buf),
+                s.debug,
+                s.watch.clone(),
+            )
         })?;
         drop(garbage);
 
+        let bytes_before = metrics::io_bytes();
         let mut result = Ok(());
         while let Some(item) = batch.pop_front() {
+            if timing && batch.is_empty() {
+                // Loop lag: how long the last unit of this batch waited since the poll.
+                let waited = clock::now_ns().saturating_sub(polled_at);
+                let _ = this.state.with(py, |s| s.stats.add_lag(waited));
+            }
+            if let Some(w) = &watch {
+                let (what, kind) = unit_of(&item);
+                w.begin(what, kind);
+            }
             let r = match item {
                 // Consumed by running it.
                 Ready::Light(call) => run_light(slf, call, debug),
@@ -505,14 +548,27 @@ impl LoopCore {
                     r
                 }
             };
+            if let Some(w) = &watch {
+                w.end();
+            }
             if let Err(e) = r {
                 result = Err(e);
                 break;
             }
         }
+        if let Some(w) = &watch {
+            w.idle();
+        }
+        let bytes_after = metrics::io_bytes();
+        let callbacks_done = if timing { clock::now_ns() } else { 0 };
         // On an escaping exception (KeyboardInterrupt, SystemExit) the callbacks not run yet
         // stay first in line, as in asyncio.
         this.state.with(py, |s| {
+            s.stats.bytes_received += bytes_after.0.wrapping_sub(bytes_before.0);
+            s.stats.bytes_sent += bytes_after.1.wrapping_sub(bytes_before.1);
+            if timing {
+                s.stats.callback_ns += callbacks_done.saturating_sub(polled_at);
+            }
             while let Some(item) = batch.pop_back() {
                 s.ready.push_front(item);
             }
@@ -887,6 +943,8 @@ impl LoopCore {
         reactor.add_raw(waker.fd(), READABLE).map_err(os_error)?;
         Ok(LoopCore {
             state: GilCell::new(LoopState {
+                stats: Stats::default(),
+                watch: None,
                 ready: ReadyQueue::with_capacity(64),
                 timers: TimerHeap::default(),
                 reactor,
@@ -954,6 +1012,92 @@ impl LoopCore {
             }
             drop((ready, timers, io, factory));
         }
+    }
+
+    /// Turns the blocking watchdog on for this loop (`threshold` in seconds) or off (None).
+    /// The watchdog's reports go through `ferroloop._watchdog`. Timing metrics go on with it.
+    #[pyo3(signature = (threshold))]
+    fn _set_blocking_threshold(slf: &Bound<'_, Self>, threshold: Option<f64>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(t) = threshold {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(PyValueError::new_err(format!(
+                    "blocking threshold must be a positive number of seconds, got {t}"
+                )));
+            }
+        }
+        let this = slf.get();
+        let current = this.state.with(py, |s| s.watch.clone())?;
+        let stamp = watchdog::configure(py, current, slf.as_any(), threshold)?;
+        this.state.with(py, |s| {
+            if let Some(st) = &stamp {
+                if s.running {
+                    st.set_thread(s.thread_id);
+                }
+            }
+            s.watch = if threshold.is_some() { stamp } else { None };
+        })
+    }
+
+    /// The watchdog's threshold in seconds, None when it is off.
+    fn _blocking_threshold(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        self.state
+            .with(py, |s| s.watch.as_ref().and_then(|w| w.threshold()))
+    }
+
+    /// Whether the timed metrics (poll and callback time, loop lag) are measured.
+    fn _set_metrics_timing(&self, py: Python<'_>, on: bool) -> PyResult<()> {
+        self.state.with(py, |s| {
+            if on && !s.stats.timing {
+                s.stats.reset_timings();
+            }
+            s.stats.timing = on;
+        })
+    }
+
+    /// The native half of `loop.metrics()`.
+    fn _metrics_native<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snap = self.state.with(py, |s| {
+            (
+                s.stats.iterations,
+                s.stats.callbacks,
+                s.stats.bytes_received,
+                s.stats.bytes_sent,
+                s.stats.timing,
+                s.stats.poll_ns,
+                s.stats.callback_ns,
+                s.stats.lag(),
+                s.stats.lag_samples(),
+                s.ready.len(),
+                s.timers.len(),
+                s.reactor.fds.len(),
+                s.watch
+                    .as_ref()
+                    .map_or(0, |w| w.episodes.load(Ordering::Relaxed)),
+            )
+        })?;
+        let (it, cb, rx, tx, timing, poll_ns, cb_ns, lag, lag_n, ready, timers, fds, episodes) =
+            snap;
+        let d = PyDict::new(py);
+        d.set_item("iterations", it)?;
+        d.set_item("callbacks", cb)?;
+        d.set_item("bytes_received", rx)?;
+        d.set_item("bytes_sent", tx)?;
+        d.set_item("timing", timing)?;
+        let (poll, busy) = (poll_ns as f64 / 1e9, cb_ns as f64 / 1e9);
+        d.set_item("poll_seconds", timing.then_some(poll))?;
+        d.set_item("callback_seconds", timing.then_some(busy))?;
+        let ratio = (timing && poll + busy > 0.0).then(|| busy / (poll + busy));
+        d.set_item("busy_ratio", ratio)?;
+        d.set_item("lag_p50", lag.map(|l| l.0))?;
+        d.set_item("lag_p99", lag.map(|l| l.1))?;
+        d.set_item("lag_max", lag.map(|l| l.2))?;
+        d.set_item("lag_samples", lag_n)?;
+        d.set_item("ready", ready)?;
+        d.set_item("timers", timers)?;
+        d.set_item("fds", fds)?;
+        d.set_item("blocking_episodes", episodes)?;
+        Ok(d)
     }
 
     /// Tells the core whether `time` is overridden (the Python side watches assignments to
@@ -1385,6 +1529,9 @@ impl LoopCore {
             }
             s.running = true;
             s.thread_id = current_thread_id();
+            if let Some(w) = &s.watch {
+                w.set_thread(s.thread_id);
+            }
             Ok(())
         })??;
         let mut buf = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_POLL];

@@ -420,6 +420,15 @@ impl ThreadPool {
         self.max_workers
     }
 
+    /// (jobs queued, workers busy, workers started), for `loop.metrics()`.
+    fn _stats(&self) -> (usize, usize, usize) {
+        if std::process::id() != self.shared.pid {
+            return (0, 0, 0);
+        }
+        let q = lock(&self.shared.queue);
+        (q.jobs.len(), q.threads.saturating_sub(q.idle), q.threads)
+    }
+
     /// Workers currently started (none in a forked child).
     #[getter]
     fn threads(&self) -> usize {

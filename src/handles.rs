@@ -205,6 +205,19 @@ impl Handle {
         Ok(f(data))
     }
 
+    /// The callback as a borrowed pointer (null if none), for the watchdog's stamp.
+    pub(crate) fn callback_ptr(&self) -> *mut ffi::PyObject {
+        if self.has(BUSY) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: BUSY is clear and the caller holds the GIL (it runs the loop), so no `&mut`
+        // to the data exists; only a pointer is read.
+        let d = unsafe { &*self.data.get() };
+        d.callback
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |c| c.as_ptr())
+    }
+
     pub(crate) fn is_cancelled(&self) -> bool {
         self.has(CANCELLED)
     }

@@ -7,6 +7,7 @@
 //! - [`waker`]: the eventfd that wakes a polling loop from other threads;
 //! - [`scheduler`]: the ready queue and the timer heap;
 //! - [`gilcell`]: GIL-guarded interior mutability for the native state;
+//! - [`metrics`]: the loop's counters and timings, and the bytes its I/O paths move;
 //! - [`handles`]: `Handle`/`TimerHandle`, and how a callback runs in its context;
 //! - [`sockops`]: the waiting half of `sock_recv`/`sock_recv_into`/`sock_sendall`;
 //! - [`transports`]: native transports (stream and datagram sockets), driven by the reactor
@@ -14,7 +15,8 @@
 //! - [`tls`]: the per-record path of TLS connections (decrypt, deliver, encrypt, send);
 //! - [`fastcall`]: hand-written fastcall entry points for the hottest loop methods;
 //! - [`event_loop`]: `LoopCore`, the iteration and the scheduling API;
-//! - [`pyhelpers`]: cached Python helpers used on cold paths (reprs, debug stacks).
+//! - [`pyhelpers`]: cached Python helpers used on cold paths (reprs, debug stacks);
+//! - [`watchdog`]: the thread that catches a loop blocked by one callback, while it blocks.
 
 use pyo3::prelude::*;
 
@@ -25,6 +27,7 @@ mod executor;
 mod fastcall;
 mod gilcell;
 mod handles;
+mod metrics;
 mod pyhelpers;
 mod reactor;
 mod scheduler;
@@ -32,6 +35,7 @@ mod sockops;
 mod tls;
 mod transports;
 mod waker;
+mod watchdog;
 
 #[pymodule]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -44,6 +48,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(handles::_handle_extras_count, m)?)?;
     m.add_class::<executor::ThreadPool>()?;
     m.add_function(wrap_pyfunction!(executor::_executor_atexit, m)?)?;
+    m.add_function(wrap_pyfunction!(watchdog::_watchdog_after_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(watchdog::_watchdog_stop, m)?)?;
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sockops::SockWaiter>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;

@@ -127,6 +127,7 @@ fn recv_direct(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<PyObject>
             ffi::Py_DECREF(obj);
             return failed;
         }
+        crate::metrics::received(got as usize);
         if (got as usize) < n && ffi::_PyBytes_Resize(&mut obj, got as ffi::Py_ssize_t) != 0 {
             return Err(PyErr::fetch(py));
         }
@@ -147,6 +148,7 @@ pub(crate) fn try_send(fd: RawFd, data: &[u8]) -> PyResult<usize> {
     if n < 0 {
         return unless_would_block(0);
     }
+    crate::metrics::sent(n as usize);
     Ok(n as usize)
 }
 
@@ -162,6 +164,7 @@ fn recv_into_vec(
     if got < 0 {
         return unless_would_block(None);
     }
+    crate::metrics::received(got as usize);
     Ok(Some(
         pyo3::types::PyBytes::new(py, &buf[..got as usize])
             .into_any()

@@ -27,8 +27,10 @@ from . import _inspect
 from ._ferroloop import Handle, TimerHandle
 from ._inspect import enable_inspect
 from ._loop import Loop
+from ._watchdog import BlockingRecord
 
 __all__ = [
+    "BlockingRecord",
     "EventLoopPolicy",
     "Handle",
     "Loop",
@@ -68,9 +70,26 @@ def install() -> None:
     asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
-def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
-    """Run a coroutine on a new ferroloop loop, like ``asyncio.run``."""
-    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+def run(
+    main: Coroutine[Any, Any, _T],
+    *,
+    debug: bool | None = None,
+    warn_blocking: float | str | None = None,
+) -> _T:
+    """Run a coroutine on a new ferroloop loop, like ``asyncio.run``.
+
+    ``warn_blocking`` (seconds, or a string such as ``"50ms"``) turns the blocking watchdog
+    on: a callback or task step that keeps the loop busy longer is reported with the stack
+    of the line that blocks (see ``Loop.set_blocking_threshold``).
+    """
+
+    def factory() -> Loop:
+        loop = new_event_loop()
+        if warn_blocking is not None:
+            loop.set_blocking_threshold(warn_blocking)
+        return loop
+
+    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)
 
 

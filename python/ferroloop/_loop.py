@@ -26,7 +26,7 @@ from asyncio import constants, coroutines, events, futures, tasks
 from collections.abc import Callable
 from typing import Any
 
-from . import _ferroloop, _format, _tls
+from . import _ferroloop, _format, _tls, _watchdog
 from ._ferroloop import Handle, LoopCore
 from ._net import NetworkingMixin
 from ._subprocess import SubprocessMixin
@@ -206,6 +206,10 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
         self.set_debug(coroutines._is_debug_mode())
         # A subclass's own time(): the loop's timer decisions must call it, as asyncio's do.
         self._set_clock_overridden(type(self).time is not LoopCore.time)
+        self._blocking_handler: Callable[[_watchdog.BlockingRecord], Any] | None = None
+        threshold = _watchdog.threshold_from_environment()
+        if threshold is not None:
+            self.set_blocking_threshold(threshold)
 
     # ``loop.time`` replaced on the instance (``mock.patch.object(loop, "time", ...)``, as
     # tests and libraries do to move the clock): asyncio decides which timers are due with
@@ -287,6 +291,9 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
         if self.get_debug():
             _logger().debug("Close %r", self)
         self._mark_closed()
+        if self._blocking_threshold() is not None:
+            self._set_blocking_threshold(None)
+            _watchdog.forget(self)
         self._remove_all_signal_handlers()
         self._close_child_watches()
         self._executor_shutdown_called = True
@@ -308,6 +315,57 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
                     self.close()
                 except Exception:
                     pass
+
+    # ---------------------------------------------------------------- diagnostics
+
+    def set_blocking_threshold(self, seconds: float | str | None) -> None:
+        """Report when one callback or task step keeps this loop busy longer than
+        ``seconds`` (a number, or a string such as ``"50ms"``); ``None`` turns it off.
+
+        A native watchdog thread notices while the loop is still blocked and reports the
+        loop thread's stack at that moment (the line that blocks), naming the task or the
+        callback; when the callback returns, one more report gives the total. Reports go to
+        the handler set with ``set_blocking_handler``, else to the ``ferroloop`` logger as
+        WARNINGs, rate-limited. Timing metrics (``metrics()``) are measured while it is on.
+        """
+        threshold = _watchdog.parse_duration(seconds)
+        self._set_blocking_threshold(threshold)
+        self._set_metrics_timing(threshold is not None)
+        if threshold is None:
+            _watchdog.forget(self)
+
+    def get_blocking_threshold(self) -> float | None:
+        """The watchdog's threshold in seconds, or None when it is off."""
+        return self._blocking_threshold()
+
+    def set_blocking_handler(
+        self, handler: Callable[[_watchdog.BlockingRecord], Any] | None
+    ) -> None:
+        """Send blocking reports to ``handler(record)`` instead of the log. It is called on the
+        watchdog's thread, never the loop's (``record.finished`` tells the report taken while
+        blocked from the one made when the callback returned)."""
+        if handler is not None and not callable(handler):
+            raise TypeError(f"a blocking handler must be callable, got {handler!r}")
+        self._blocking_handler = handler
+
+    def set_metrics_timing(self, enabled: bool) -> None:
+        """Measure poll time, callback time and loop lag for ``metrics()`` (on with the
+        watchdog; costs a few clock reads per iteration)."""
+        self._set_metrics_timing(bool(enabled))
+
+    def metrics(self) -> dict[str, Any]:
+        """The loop's metrics, field by field in the README ("Diagnostics")."""
+        m = self._metrics_native()
+        m["transports"] = sum(1 for t in list(self._transports.values()) if not t.is_closing())
+        native = getattr(self._default_executor, "_native", None)
+        if native is not None:
+            queued, busy, workers = native._stats()
+        else:
+            queued = busy = workers = 0
+        m["executor_queued"] = queued
+        m["executor_busy"] = busy
+        m["executor_workers"] = workers
+        return m
 
     # ---------------------------------------------------------------- debug
 

@@ -216,6 +216,7 @@ fn send_native(fd: RawFd, data: &[u8], to: Option<&SockAddr>) -> Sent {
             },
         };
         if n >= 0 {
+            crate::metrics::sent(n as usize);
             return Sent::Done;
         }
         let e = errno();
@@ -653,6 +654,7 @@ impl DatagramTransport {
                 )
             };
             if n >= 0 {
+                crate::metrics::received(n as usize);
                 break n as usize;
             }
             let e = errno();

@@ -191,6 +191,7 @@ fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, i32> {
             Err(e)
         }
     } else {
+        crate::metrics::sent(n as usize);
         Ok(n as usize)
     }
 }
@@ -475,6 +476,7 @@ fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<
     if n == 0 {
         return StreamTransport::on_eof(slf);
     }
+    crate::metrics::received(n as usize);
     let received = &rbuf[..n as usize];
     let (delivered, message) = match &reader {
         Reader::Tls(protocol) => (
@@ -554,6 +556,7 @@ fn read_into_protocol_buffer(
     if n == 0 {
         return StreamTransport::on_eof(slf);
     }
+    crate::metrics::received(n);
     if let Err(e) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
         return StreamTransport::fatal(
             slf,
@@ -811,6 +814,7 @@ impl StreamTransport {
                     Err(e)
                 }
             } else {
+                crate::metrics::sent(n as usize);
                 Ok(n as usize)
             }
         })?;
