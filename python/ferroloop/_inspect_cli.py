@@ -234,9 +234,11 @@ def ps_rows(answer: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def render_table(header: Sequence[str], rows: Iterable[Sequence[str]], cap: int = 50) -> str:
+def render_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Columns as wide as their widest cell: long coroutine stacks widen the table rather
+    than push the later columns out of line."""
     rows = list(rows)
-    widths = [min(cap, max([len(h)] + [len(r[i]) for r in rows])) for i, h in enumerate(header)]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     lines = [" ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("-" * len(lines[0]))
     for row in rows:
