@@ -47,6 +47,9 @@ LOOPS: dict[str, tuple[str, str]] = {
     "uvloop": ("uvloop", "new_event_loop"),
     "rloop": ("rloop", "new_event_loop"),
     "ferroloop": ("ferroloop", "new_event_loop"),
+    # ferroloop with diagnostics on (bench/_variants.py); only when named in --loops.
+    "ferroloop-watchdog": ("_variants", "watchdog_loop"),
+    "ferroloop-metrics": ("_variants", "metrics_loop"),
 }
 DEFAULT_LOOPS = ["asyncio", "uvloop", "rloop", "ferroloop"]
 BASELINE = "uvloop"
