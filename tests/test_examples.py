@@ -98,9 +98,18 @@ def test_readme_lists_every_example() -> None:
         )
 
 
+# Examples that need a package of scripts/requirements-integration.txt (installed for the
+# main interpreter only; the runs on other Python versions skip them).
+REQUIRES = {"blocking_server.py": "aiohttp"}
+
+
 @pytest.mark.parametrize("loop", list(LOOPS))
 @pytest.mark.parametrize("name", EXAMPLES, ids=[name.removesuffix(".py") for name in EXAMPLES])
 def test_example(name: str, loop: str) -> None:
+    if name in REQUIRES:
+        pytest.importorskip(
+            REQUIRES[name], reason="pip install -r scripts/requirements-integration.txt"
+        )
     proc = run_example(name, loop)
     assert proc.returncode == 0, f"example failed on {loop}\n{describe(proc)}"
 

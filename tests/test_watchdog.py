@@ -398,3 +398,26 @@ def test_metrics_executor_fields():
         assert m["timing"] is False and m["busy_ratio"] is None
     finally:
         loop.close()
+
+
+def test_blocking_server_example_names_the_blocking_line():
+    """examples/blocking_server.py under the watchdog: the report, taken while the loop is
+    blocked, ends at the line that blocks."""
+    pytest.importorskip("aiohttp", reason="pip install -r scripts/requirements-integration.txt")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FERROLOOP_WARN_BLOCKING="50ms")
+    env.pop("PYTHONASYNCIODEBUG", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "ferroloop", "examples/blocking_server.py"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    report = out.stderr.split("Event loop blocked for", 1)[1]
+    stack = report.split("Event loop was blocked for", 1)[0]
+    assert stack.rstrip().endswith("time.sleep(0.25)"), out.stderr
+    assert "in fetch_exchange_rates" in stack
+    assert "RequestHandler._handle_request()" in report
