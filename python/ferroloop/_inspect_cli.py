@@ -110,7 +110,10 @@ def _exchange(sock: socket.socket, pid: int, timeout: float) -> dict[str, Any]:
             if size > MAX_ANSWER + 65536:
                 raise InspectError(f"process {pid} sent an oversized answer")
     except TimeoutError:
-        raise InspectError(f"process {pid} did not answer within {timeout:g} s") from None
+        raise InspectError(
+            f"process {pid} did not answer within {timeout:g} s "
+            "(stopped, or a thread holds the GIL without releasing it)"
+        ) from None
     except OSError as exc:
         raise InspectError(f"process {pid}: {exc}") from None
     try:
