@@ -405,10 +405,18 @@ def test_blocking_server_example_names_the_blocking_line():
     blocked, ends at the line that blocks."""
     pytest.importorskip("aiohttp", reason="pip install -r scripts/requirements-integration.txt")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, FERROLOOP_WARN_BLOCKING="50ms")
+    env = dict(os.environ)
     env.pop("PYTHONASYNCIODEBUG", None)
+    env.pop("FERROLOOP_WARN_BLOCKING", None)
     out = subprocess.run(
-        [sys.executable, "-m", "ferroloop", "examples/blocking_server.py"],
+        [
+            sys.executable,
+            "-m",
+            "ferroloop",
+            "--warn-blocking",
+            "50ms",
+            "examples/blocking_server.py",
+        ],
         cwd=root,
         env=env,
         capture_output=True,
@@ -421,3 +429,14 @@ def test_blocking_server_example_names_the_blocking_line():
     assert stack.rstrip().endswith("time.sleep(0.25)"), out.stderr
     assert "in fetch_exchange_rates" in stack
     assert "RequestHandler._handle_request()" in report
+
+
+def test_warn_blocking_option_rejects_bad_durations():
+    out = subprocess.run(
+        [sys.executable, "-m", "ferroloop", "--warn-blocking", "soon", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "--warn-blocking" in out.stderr

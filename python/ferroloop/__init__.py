@@ -47,7 +47,6 @@ _T = TypeVar("_T")
 
 def new_event_loop() -> Loop:
     """Return a new ferroloop event loop."""
-    _inspect.on_loop_created()
     return Loop()
 
 

@@ -7,6 +7,9 @@ loops because ferroloop's event loop policy is installed before the program star
 ``python -m ferroloop ps PID`` and ``python -m ferroloop pstree PID`` print the tasks of a
 running process that opted in (``FERROLOOP_INSPECT=1`` or ``ferroloop.enable_inspect()``); see
 ``_inspect_cli.py``. A script named ``ps`` or ``pstree`` runs as ``./ps``.
+
+``--warn-blocking 50ms`` (before the program) turns the blocking watchdog on for every loop
+the program creates (it sets ``FERROLOOP_WARN_BLOCKING``).
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import os
 import runpy
 import sys
 
-from . import install
+from . import _watchdog, install
 
 USAGE = (
-    "usage: python -m ferroloop (script.py | -m module | -c code) [args ...]\n"
-    "       python -m ferroloop (ps | pstree) PID [--json] [--timeout SECONDS]"
+    "usage: python -m ferroloop [--warn-blocking DURATION] (script.py | -m module | -c code)"
+    " [args ...]\n"
+    "       python -m ferroloop (ps | pstree) PID [--json] [--timeout SECONDS]\n"
+    "  --warn-blocking 50ms   report a callback or task step that blocks the loop longer\n"
+    "                         (the stack is taken while it blocks; see the README)"
 )
 
 
@@ -32,6 +38,25 @@ def main(argv: list[str] | None = None) -> int:
         from ._inspect_cli import main as inspect_main
 
         return inspect_main(args)
+    while args and args[0].startswith("--warn-blocking"):
+        flag = args.pop(0)
+        if "=" in flag:
+            value = flag.split("=", 1)[1]
+        elif args:
+            value = args.pop(0)
+        else:
+            print(USAGE, file=sys.stderr)
+            return 2
+        try:
+            _watchdog.parse_duration(value)
+        except (TypeError, ValueError) as exc:
+            print(f"python -m ferroloop: --warn-blocking: {exc}", file=sys.stderr)
+            return 2
+        # Every loop the program creates reads it (Loop.__init__), children included.
+        os.environ["FERROLOOP_WARN_BLOCKING"] = value
+    if not args:
+        print(USAGE, file=sys.stderr)
+        return 2
     install()
     if args[0] == "-m":
         if len(args) < 2:

@@ -26,7 +26,7 @@ from asyncio import constants, coroutines, events, futures, tasks
 from collections.abc import Callable
 from typing import Any
 
-from . import _ferroloop, _format, _tls, _watchdog
+from . import _ferroloop, _format, _inspect, _tls, _watchdog
 from ._ferroloop import Handle, LoopCore
 from ._net import NetworkingMixin
 from ._subprocess import SubprocessMixin
@@ -186,6 +186,7 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
 
     def __init__(self) -> None:
         _LIVE_LOOPS.add(self)
+        _inspect.on_loop_created()
         self._exception_handler: Callable[..., Any] | None = None
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
