@@ -280,6 +280,8 @@ class DatagramTransport(_NativeFace, transports._FlowControlMixin, asyncio.Datag
     """
 
     max_size = 256 * 1024
+    # asyncio's transports all have it (datagram ones never belong to a server).
+    _server = None
 
     def __init__(
         self,
