@@ -7,11 +7,14 @@
 #   3. integration: real PostgreSQL and Redis servers (installed and started by
 #      scripts/services.sh), aiohttp, uvicorn, asyncpg, SQLAlchemy, redis-py, httpx, Sanic, Dask
 #      on both loops (tests/integration, part of the pytest run)
-#   4. conformance: CPython's own test_asyncio modules with ferroloop swapped in, checked
+#   4. libraries' own test suites: asyncpg's and redis-py's (asyncio client) on both loops,
+#      against the same servers (scripts/compat.sh, checked against tests/compat/floors.json)
+#   5. conformance: CPython's own test_asyncio modules with ferroloop swapped in, checked
 #      against the per-module floors in tests/conformance/floors.json
 # Set FERROLOOP_SKIP_SERVICES=1 to run without installing/starting the servers (their tests
-# are then skipped), FERROLOOP_SKIP_MORE_PYTHONS=1 to stay on 3.11, and
-# FERROLOOP_SKIP_CONFORMANCE=1 to skip step 4 while iterating locally.
+# are then skipped, and so is step 4), FERROLOOP_SKIP_MORE_PYTHONS=1 to stay on 3.11,
+# FERROLOOP_SKIP_COMPAT=1 to skip step 4 and FERROLOOP_SKIP_CONFORMANCE=1 to skip step 5 while
+# iterating locally.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -39,6 +42,15 @@ python -m pytest tests -q -p no:cacheprovider
 
 if [ "${FERROLOOP_SKIP_MORE_PYTHONS:-0}" != "1" ]; then
   scripts/test-more-pythons.sh
+fi
+
+if [ "${FERROLOOP_SKIP_COMPAT:-0}" = "1" ]; then
+  echo "== libraries' own test suites: skipped (FERROLOOP_SKIP_COMPAT=1)"
+elif [ "${FERROLOOP_SKIP_SERVICES:-0}" = "1" ]; then
+  echo "== libraries' own test suites: skipped (they need the servers; FERROLOOP_SKIP_SERVICES=1)"
+else
+  echo "== libraries' own test suites (asyncpg, redis-py) on asyncio and ferroloop"
+  scripts/compat.sh
 fi
 
 if [ "${FERROLOOP_SKIP_CONFORMANCE:-0}" != "1" ] && [ -f tests/conformance/run_conformance.py ]; then
