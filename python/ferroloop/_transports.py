@@ -25,31 +25,12 @@ from . import _tls
 from ._ferroloop import DatagramTransport as _DatagramCore
 from ._ferroloop import StreamTransport
 
-# Methods every native transport core serves, bound per instance (see _NativeFace).
-_NATIVE_COMMON = (
-    "close",
-    "abort",
-    "is_closing",
-    "is_reading",
-    "pause_reading",
-    "resume_reading",
-    "get_write_buffer_size",
-    "get_write_buffer_limits",
-    "set_write_buffer_limits",
-    "get_protocol",
-    "_force_close",
-)
-
-# ...plus, for stream sockets:
-_NATIVE_METHODS = (
-    *_NATIVE_COMMON,
-    "write",
-    "writelines",
-    "write_eof",
-    "can_write_eof",
-    "_make_empty_waiter",
-    "_reset_empty_waiter",
-)
+# The native core's methods bound onto each instance, so that the calls made per message
+# reach Rust directly (see _NativeFace). Only these: every bound method costs memory per
+# connection (about 100 bytes each); the others are the class's methods below, one Python
+# call in front of the core's.
+_NATIVE_METHODS = ("write", "writelines", "is_closing")
+_NATIVE_DATAGRAM_METHODS = ("sendto", "is_closing")
 
 
 # asyncio.Server tracks its transports from Python 3.13 on (_attach/_detach take the
@@ -98,6 +79,38 @@ class _NativeFace:
         self._core = core
         for name in names:
             setattr(self, name, getattr(core, name))
+
+    # -- the core's methods that are not bound per instance ----------------------------------
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def is_reading(self) -> bool:
+        return self._core.is_reading()
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: Any = None, low: Any = None) -> None:
+        self._core.set_write_buffer_limits(high, low)
+
+    def get_protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._core._force_close(exc)
 
     def _announce(self, loop: Any, protocol: Any, waiter: asyncio.Future | None) -> None:
         """connection_made, then reading, then the waiter, each in a later callback."""
@@ -238,6 +251,20 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
         _set_nodelay(sock)
         self._announce(loop, protocol, waiter)
 
+    # -- the core's methods that are not bound per instance ----------------------------------
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._core.can_write_eof()
+
+    def _make_empty_waiter(self) -> asyncio.Future:
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self) -> None:
+        self._core._reset_empty_waiter()
+
     # -- protocol ------------------------------------------------------------------------
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -260,9 +287,6 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
             server._detach(*_server_hook_args(self))
             self._server = None
 
-
-# ...and for datagram sockets.
-_NATIVE_DATAGRAM_METHODS = (*_NATIVE_COMMON, "sendto")
 
 # asyncio 3.13 sends empty datagrams (earlier versions drop them) and counts a header of 8
 # bytes per queued datagram in the write buffer size.
