@@ -112,6 +112,11 @@ class Clock:
 
 _ADDR = re.compile(r" at 0x[0-9a-fA-F]+")
 _TASK = re.compile(r"Task-\d+")
+# Source positions ("created at /x/y.py:12", also cut short by reprlib: "...y.py:12>"). In
+# debug mode asyncio's own create_future() shows its line in base_events.py, ferroloop's
+# (native) the caller's: a finding of its own (test_diff_futures.py::
+# test_debug_future_created_at), not repeated by every machine.
+_CREATED = re.compile(r"\S*\.py:\d+")
 
 
 def scrub(value: Any) -> Any:
@@ -119,7 +124,7 @@ def scrub(value: Any) -> Any:
     numbers tasks process-wide, so the second world's are higher); containers are scrubbed
     element by element."""
     if isinstance(value, str):
-        return _TASK.sub("Task-N", _ADDR.sub(" at 0x?", value))
+        return _CREATED.sub("?.py:?", _TASK.sub("Task-N", _ADDR.sub(" at 0x?", value)))
     if isinstance(value, tuple):
         return tuple(scrub(v) for v in value)
     if isinstance(value, list):
