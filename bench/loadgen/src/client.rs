@@ -12,6 +12,9 @@ use crate::sys::{is_would_block, Epoll, Stream, Target, EV_ET, EV_IN, EV_OUT, EV
 pub enum Mode {
     Echo,
     Http,
+    /// WebSocket: an HTTP/1.1 upgrade per connection, then one binary message per round trip,
+    /// echoed back by the server as one unmasked frame.
+    Ws,
 }
 
 impl Mode {
@@ -19,6 +22,7 @@ impl Mode {
         match self {
             Mode::Echo => "echo",
             Mode::Http => "http",
+            Mode::Ws => "ws",
         }
     }
 }
@@ -92,6 +96,48 @@ pub fn http_request(path: &str, host: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The WebSocket opening handshake (RFC 6455; the key is the RFC's example nonce).
+pub fn ws_upgrade(path: &str, host: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ferroloop-loadgen\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn ws_header(out: &mut Vec<u8>, len: usize, masked: bool) {
+    out.push(0x82); // FIN + binary
+    let m = if masked { 0x80 } else { 0 };
+    if len < 126 {
+        out.push(m | len as u8);
+    } else if len <= 0xffff {
+        out.push(m | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(m | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// A client frame carrying `payload` (clients must mask; the mask is fixed).
+pub fn ws_client_frame(payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    ws_header(&mut out, payload.len(), true);
+    out.extend_from_slice(&MASK);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    out
+}
+
+/// The frame a server sends back when it echoes `payload`: unmasked, same opcode.
+pub fn ws_server_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    ws_header(&mut out, payload.len(), false);
+    out.extend_from_slice(payload);
+    out
+}
+
 enum Fail {
     Io(io::Error),
     Eof,
@@ -108,6 +154,8 @@ struct Conn {
     /// http: header bytes gathered until the blank line.
     hdr: Vec<u8>,
     close_after: bool,
+    /// ws: the opening handshake is done.
+    upgraded: bool,
     started: Instant,
 }
 
@@ -120,6 +168,7 @@ impl Conn {
             expect: if mode == Mode::Echo { size } else { usize::MAX },
             hdr: Vec::new(),
             close_after: false,
+            upgraded: false,
             started: Instant::now(),
         }
     }
@@ -127,7 +176,11 @@ impl Conn {
     fn restart(&mut self, mode: Mode, size: usize, now: Instant) {
         self.wpos = 0;
         self.rpos = 0;
-        self.expect = if mode == Mode::Echo { size } else { usize::MAX };
+        self.expect = match mode {
+            Mode::Echo => size,
+            Mode::Ws if self.upgraded => size,
+            _ => usize::MAX,
+        };
         self.hdr.clear();
         self.close_after = false;
         self.started = now;
@@ -149,10 +202,24 @@ enum Next {
 
 struct Ctx<'a> {
     mode: Mode,
+    /// echo: the message size; ws: the size of the echoed frame (header included).
     size: usize,
     request: &'a [u8],
     message: &'a [u8],
+    /// ws: the opening handshake, sent once per connection before the first message.
+    upgrade: &'a [u8],
     window: Window,
+}
+
+impl<'a> Ctx<'a> {
+    /// What `conn` sends next: the handshake until it is done, then the request.
+    fn request_for(&self, conn: &Conn) -> &'a [u8] {
+        if self.mode == Mode::Ws && !conn.upgraded {
+            self.upgrade
+        } else {
+            self.request
+        }
+    }
 }
 
 fn find_blank_line(buf: &[u8], from: usize) -> Option<usize> {
@@ -207,10 +274,42 @@ fn parse_head(head: &[u8]) -> Result<(usize, bool), String> {
     Ok((length, close))
 }
 
+/// Checks a WebSocket handshake response head: status 101.
+fn check_upgrade(head: &[u8]) -> Result<(), String> {
+    let status = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let status = String::from_utf8_lossy(status);
+    let mut parts = status.splitn(3, ' ');
+    let _version = parts.next();
+    match parts.next() {
+        Some("101") => Ok(()),
+        _ => Err(format!("websocket upgrade refused: {status:?}")),
+    }
+}
+
 /// Handles the bytes just read; returns whether the response is now complete.
 fn take_bytes(conn: &mut Conn, ctx: &Ctx, data: &[u8]) -> Result<bool, Fail> {
     match ctx.mode {
-        Mode::Echo => {
+        Mode::Ws if !conn.upgraded => {
+            let from = conn.hdr.len();
+            conn.hdr.extend_from_slice(data);
+            match find_blank_line(&conn.hdr, from) {
+                Some(head_len) => {
+                    check_upgrade(&conn.hdr[..head_len]).map_err(Fail::Protocol)?;
+                    if conn.hdr.len() > head_len {
+                        return Err(Fail::Protocol(
+                            "bytes after the handshake before any message was sent".into(),
+                        ));
+                    }
+                    conn.rpos = head_len;
+                    conn.expect = head_len;
+                }
+                None if conn.hdr.len() > 64 * 1024 => {
+                    return Err(Fail::Protocol("handshake head larger than 64 KiB".into()))
+                }
+                None => return Ok(false),
+            }
+        }
+        Mode::Echo | Mode::Ws => {
             let end = conn.rpos + data.len();
             if end > ctx.size {
                 return Err(Fail::Protocol(
@@ -257,8 +356,9 @@ fn take_bytes(conn: &mut Conn, ctx: &Ctx, data: &[u8]) -> Result<bool, Fail> {
 /// Writes what it can, reads until EAGAIN, completes responses and starts the next request.
 fn pump(conn: &mut Conn, ctx: &Ctx, scratch: &mut [u8], stats: &mut Stats) -> Result<Next, Fail> {
     loop {
-        while conn.wpos < ctx.request.len() {
-            match conn.stream.write(&ctx.request[conn.wpos..]) {
+        let request = ctx.request_for(conn);
+        while conn.wpos < request.len() {
+            match conn.stream.write(&request[conn.wpos..]) {
                 Ok(n) => conn.wpos += n,
                 Err(e) if is_would_block(&e) => break,
                 Err(e) => return Err(Fail::Io(e)),
@@ -271,12 +371,18 @@ fn pump(conn: &mut Conn, ctx: &Ctx, scratch: &mut [u8], stats: &mut Stats) -> Re
             Err(e) => return Err(Fail::Io(e)),
         };
         if take_bytes(conn, ctx, &scratch[..n])? {
-            if conn.wpos < ctx.request.len() {
+            if conn.wpos < request.len() {
                 return Err(Fail::Protocol(
                     "complete response before the request was sent".into(),
                 ));
             }
             let now = Instant::now();
+            if ctx.mode == Mode::Ws && !conn.upgraded {
+                // The handshake is not a round trip: start the first message.
+                conn.upgraded = true;
+                conn.restart(ctx.mode, ctx.size, now);
+                continue;
+            }
             if now < ctx.window.end {
                 stats.round_trips_total += 1;
             }
@@ -316,6 +422,7 @@ pub fn run_thread(
     nconns: usize,
     request: &[u8],
     message: &[u8],
+    upgrade: &[u8],
     barrier: &Barrier,
 ) -> Result<Stats, String> {
     let connected: Result<Vec<Stream>, String> = (0..nconns)
@@ -339,9 +446,14 @@ pub fn run_thread(
     let warm_end = t0 + cfg.warmup;
     let ctx = Ctx {
         mode: cfg.mode,
-        size: cfg.size,
+        size: if cfg.mode == Mode::Ws {
+            message.len()
+        } else {
+            cfg.size
+        },
         request,
         message,
+        upgrade,
         window: Window {
             warm_end,
             end: warm_end + cfg.duration,
@@ -356,7 +468,7 @@ pub fn run_thread(
     let start_all = Instant::now();
     for (idx, slot) in conns.iter_mut().enumerate() {
         if let Some(c) = slot.as_mut() {
-            c.restart(cfg.mode, cfg.size, start_all);
+            c.restart(ctx.mode, ctx.size, start_all);
             let r = pump(c, &ctx, &mut scratch, &mut stats);
             if !settle(idx, r, &mut stats, &mut reconnect) {
                 *slot = None; // closes the socket, which also leaves the epoll set
@@ -384,7 +496,7 @@ pub fn run_thread(
             });
             match attempt {
                 Ok(s) => {
-                    let mut c = Conn::new(s, cfg.mode, cfg.size);
+                    let mut c = Conn::new(s, ctx.mode, ctx.size);
                     let r = pump(&mut c, &ctx, &mut scratch, &mut stats);
                     if settle(idx, r, &mut stats, &mut reconnect) {
                         conns[idx] = Some(c);
@@ -478,5 +590,17 @@ mod tests {
         assert_eq!(find_blank_line(buf, 0), Some(buf.len() - 4));
         assert_eq!(find_blank_line(buf, 23), Some(buf.len() - 4));
         assert_eq!(find_blank_line(b"abc\r\n\r", 0), None);
+    }
+
+    #[test]
+    fn ws_frames() {
+        assert_eq!(ws_server_frame(b"hi"), b"\x82\x02hi");
+        let f = ws_client_frame(&[0u8; 200]);
+        assert_eq!(&f[..4], &[0x82, 0x80 | 126, 0, 200]);
+        assert_eq!(&f[4..8], &f[8..12]); // zeros masked = the mask
+        assert_eq!(f.len(), 8 + 200);
+        assert_eq!(&ws_server_frame(&[0u8; 70000])[..2], &[0x82, 127]);
+        assert!(check_upgrade(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").is_ok());
+        assert!(check_upgrade(b"HTTP/1.1 403 Forbidden\r\n\r\n").is_err());
     }
 }

@@ -27,19 +27,21 @@ USAGE:
 
 CLIENT: N connections, each with one request in flight: send a SIZE-byte message and wait for
 the full echo (checked byte for byte), or in http mode send a keep-alive GET and read one
-HTTP/1.1 response (by Content-Length). Runs --warmup seconds, then measures for --duration
+HTTP/1.1 response (by Content-Length), or in ws mode open a WebSocket (GET --path with
+Upgrade: websocket, expecting 101) and then send one SIZE-byte binary message and wait for the
+same message echoed back as one frame. Runs --warmup seconds, then measures for --duration
 seconds, then prints one JSON object on stdout (round trips/s, bytes/s, latency percentiles,
 errors). Exit status 0 when the run had round trips and no errors, 1 otherwise, 2 on bad usage.
 
   --tcp HOST:PORT        127.0.0.1:PORT, [::1]:PORT or localhost:PORT (loopback only)
   --unix PATH            a Unix stream socket
-  --mode echo|http       default echo
+  --mode echo|http|ws    default echo
   --conns N              concurrent connections (default 32)
   --size BYTES           echo message size (default 1024; suffixes k/K = KiB, m/M = MiB)
   --warmup SECONDS       not measured (default 1)
   --duration SECONDS     measured (default 5)
   --threads N            client threads, each with its own epoll (default 1)
-  --path PATH            http request path (default /)
+  --path PATH            http request / ws handshake path (default /)
   --connect-timeout S    default 5
 
 SERVE: a single-threaded epoll server: echo, or http answering every GET with a fixed
@@ -113,7 +115,8 @@ fn parse_mode(v: &str) -> Result<Mode, String> {
     match v {
         "echo" => Ok(Mode::Echo),
         "http" => Ok(Mode::Http),
-        _ => Err(format!("--mode: {v:?} is neither echo nor http")),
+        "ws" => Ok(Mode::Ws),
+        _ => Err(format!("--mode: {v:?} is not one of echo, http, ws")),
     }
 }
 
@@ -194,6 +197,9 @@ fn parse(argv: Vec<String>) -> Result<Command, String> {
     }
     let target = target.ok_or("one of --tcp HOST:PORT or --unix PATH is required")?;
     if serve {
+        if mode == Mode::Ws {
+            return Err("serve: --mode ws is client-only".into());
+        }
         return Ok(Command::Serve(ServerConfig {
             target,
             mode,
@@ -278,14 +284,27 @@ fn report(cfg: &ClientConfig, stats: &Stats, error: Option<&str>, elapsed: f64) 
 }
 
 fn run_client(cfg: &ClientConfig) -> ExitCode {
-    let request = match cfg.mode {
-        Mode::Echo => client::echo_message(cfg.size),
-        Mode::Http => {
-            let host = match &cfg.target {
-                Target::Tcp(a) => a.to_string(),
-                Target::Unix(_) => "localhost".to_string(),
-            };
-            client::http_request(&cfg.path, &host)
+    let host = match &cfg.target {
+        Target::Tcp(a) => a.to_string(),
+        Target::Unix(_) => "localhost".to_string(),
+    };
+    let (request, message, upgrade) = match cfg.mode {
+        Mode::Echo => {
+            let m = client::echo_message(cfg.size);
+            (m.clone(), m, Vec::new())
+        }
+        Mode::Http => (
+            client::http_request(&cfg.path, &host),
+            Vec::new(),
+            Vec::new(),
+        ),
+        Mode::Ws => {
+            let m = client::echo_message(cfg.size);
+            (
+                client::ws_client_frame(&m),
+                client::ws_server_frame(&m),
+                client::ws_upgrade(&cfg.path, &host),
+            )
         }
     };
     // Watchdog: whatever happens (a server that stops accepting, a stuck connect), stop.
@@ -304,8 +323,8 @@ fn run_client(cfg: &ClientConfig) -> ExitCode {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
                 let n = cfg.conns / threads + usize::from(i < cfg.conns % threads);
-                let (req, msg, bar) = (&request, &request, &barrier);
-                s.spawn(move || client::run_thread(cfg, n, req, msg, bar))
+                let (req, msg, up, bar) = (&request, &message, &upgrade, &barrier);
+                s.spawn(move || client::run_thread(cfg, n, req, msg, up, bar))
             })
             .collect();
         handles

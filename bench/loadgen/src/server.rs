@@ -77,6 +77,7 @@ fn pump(c: &mut SConn, mode: Mode, scratch: &mut [u8], response: &[u8]) -> io::R
                     return Ok(true); // wait for EPOLLOUT before reading more
                 }
             }
+            Mode::Ws => unreachable!("ws is client-only (checked by the parser)"),
             Mode::Http => {
                 // Requests without a body (GET): each ends at a blank line.
                 c.inbuf.extend_from_slice(&scratch[..n]);
