@@ -82,7 +82,7 @@ struct LoopState {
     /// Reused buffer that native transports read into (allocated on first use).
     read_buf: Vec<u8>,
     /// `set_task_factory`'s factory.
-    task_factory: Option<PyObject>,
+    task_factory: Option<Py<PyAny>>,
 }
 
 impl LoopState {
@@ -204,7 +204,7 @@ fn make_handle(
     persistent: bool,
 ) -> PyResult<NewHandle> {
     let mut copied = false;
-    let ctx: PyObject = match context {
+    let ctx: Py<PyAny> = match context {
         Some(c) if !c.is_none() => c.clone().unbind(),
         _ => {
             // SAFETY: PyContext_CopyCurrent returns a new reference, or NULL with an exception.
@@ -213,7 +213,7 @@ fn make_handle(
                 return Err(PyErr::fetch(py));
             }
             // SAFETY: `p` is a new, non-NULL reference whose ownership we take.
-            let ctx = unsafe { PyObject::from_owned_ptr(py, p) };
+            let ctx = unsafe { Bound::from_owned_ptr(py, p).unbind() };
             copied = true;
             ctx
         }
@@ -314,11 +314,14 @@ fn run_light(slf: &Bound<'_, LoopCore>, call: LightCall, debug: bool) -> PyResul
         let h = call.into_handle(py)?;
         return LoopCore::run_one_debug(slf, h.bind(py));
     }
-    match call.run(py) {
-        Ok(()) => Ok(()),
-        Err((err, _)) if stops_the_loop(py, &err) => Err(err),
-        Err((err, handle)) => report_callback_error(slf, handle?.bind(py), err),
+    let Err(failed) = call.run(py) else {
+        return Ok(());
+    };
+    let (err, handle) = *failed;
+    if stops_the_loop(py, &err) {
+        return Err(err);
     }
+    report_callback_error(slf, handle?.bind(py), err)
 }
 
 type FdEntryRefs = (Option<Io>, Option<Io>);
@@ -435,7 +438,7 @@ impl LoopCore {
         } else {
             // A signal that arrived while callbacks ran must not wait for the next event.
             let polled = match py.check_signals() {
-                Ok(()) => py.allow_threads(|| Reactor::wait(epfd, buf, timeout_ms)),
+                Ok(()) => py.detach(|| Reactor::wait(epfd, buf, timeout_ms)),
                 Err(e) => {
                     this.state.with(py, |s| s.polling = false)?;
                     return Err(e);
@@ -651,7 +654,7 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         arg: Option<&Bound<'_, PyAny>>,
         context: &Bound<'_, PyAny>,
-    ) -> PyResult<PyObject> {
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let this = slf.get();
         let debug = this.state.with(py, |s| s.schedule_checks(true))??;
@@ -671,7 +674,7 @@ impl LoopCore {
 
     /// A default-executor job finished (called on the worker thread, with the GIL): queue the
     /// settling of its future, and wake the loop if it is polling. A closed loop drops it.
-    pub(crate) fn post_executor_outcome(&self, py: Python<'_>, fut: PyObject, outcome: Outcome) {
+    pub(crate) fn post_executor_outcome(&self, py: Python<'_>, fut: Py<PyAny>, outcome: Outcome) {
         let item = Ready::Executor(Box::new(Finished { fut, outcome }));
         let rejected = self.state.with(py, |s| {
             if s.closed {
@@ -749,7 +752,7 @@ impl LoopCore {
         py: Python<'_>,
         fd: RawFd,
         write: bool,
-        sock: PyObject,
+        sock: Py<PyAny>,
         waiter: &Bound<'_, SockWaiter>,
     ) -> PyResult<()> {
         let released = self.state.with(py, |s| {
@@ -801,7 +804,7 @@ impl LoopCore {
     fn schedule_timer(
         slf: &Bound<'_, LoopCore>,
         when: f64,
-        when_obj: Option<PyObject>,
+        when_obj: Option<Py<PyAny>>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
@@ -968,7 +971,7 @@ impl LoopCore {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // SAFETY: the collector calls tp_traverse with the GIL held; the token only enters
         // our own cell, which refuses (and we skip: all stays reachable) if it is in use.
-        let py = unsafe { Python::assume_gil_acquired() };
+        let py = unsafe { Python::assume_attached() };
         let res = self.state.try_with(py, |s| -> Result<(), PyTraverseError> {
             for item in s.ready.iter() {
                 visit_ready(&visit, item)?;
@@ -993,7 +996,7 @@ impl LoopCore {
     /// already in the usual case): releases every callback, timer and registration.
     fn __clear__(&self) {
         // SAFETY: tp_clear runs with the GIL held.
-        let py = unsafe { Python::assume_gil_acquired() };
+        let py = unsafe { Python::assume_attached() };
         let released = self.state.try_with(py, |s| {
             let ready: Vec<Ready> = s.ready.drain(..).collect();
             let timers = s.timers.drain();
@@ -1167,10 +1170,10 @@ impl LoopCore {
     /// tasks and futures, get an equivalent handle). Libraries read its length and contents;
     /// changing the snapshot changes nothing (documented difference).
     #[getter]
-    fn _ready(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn _ready(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         enum Item {
             Handle(Py<Handle>),
-            Light(PyObject, Option<PyObject>, PyObject),
+            Light(Py<PyAny>, Option<Py<PyAny>>, Py<PyAny>),
         }
         let items: Vec<Item> = self.state.with(py, |s| {
             s.ready
@@ -1298,7 +1301,7 @@ impl LoopCore {
         py: Python<'_>,
         sock: &Bound<'_, PyAny>,
         n: isize,
-    ) -> PyResult<Option<PyObject>> {
+    ) -> PyResult<Option<Py<PyAny>>> {
         let debug = self.state.with(py, |s| s.debug)?;
         let fd = sockops::checked_fd(sock, debug)?;
         sockops::try_recv(py, fd, n)
@@ -1433,13 +1436,13 @@ impl LoopCore {
         Ok(())
     }
 
-    fn get_task_factory(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+    fn get_task_factory(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.state
             .with(py, |s| s.task_factory.as_ref().map(|f| f.clone_ref(py)))
     }
 
     #[getter]
-    fn _task_factory(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+    fn _task_factory(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.get_task_factory(py)
     }
 

@@ -37,14 +37,14 @@ use crate::event_loop::LoopCore;
 /// Where a job's outcome goes.
 pub(crate) enum Completion {
     /// An asyncio future of a ferroloop loop, settled on the loop thread.
-    Loop { fut: PyObject, core: Py<LoopCore> },
+    Loop { fut: Py<PyAny>, core: Py<LoopCore> },
     /// A `concurrent.futures.Future`, settled by the worker.
-    Cf { fut: PyObject },
+    Cf { fut: Py<PyAny> },
 }
 
 /// A job's outcome, on its way to the loop thread.
 pub(crate) enum Outcome {
-    Value(PyObject),
+    Value(Py<PyAny>),
     Error(PyErr),
     /// Cancelled by `shutdown(cancel_futures=True)` before it ran.
     Cancelled,
@@ -52,7 +52,7 @@ pub(crate) enum Outcome {
 
 /// What the loop thread does with a finished job (see `LoopCore::post_executor_outcome`).
 pub(crate) struct Finished {
-    pub(crate) fut: PyObject,
+    pub(crate) fut: Py<PyAny>,
     pub(crate) outcome: Outcome,
 }
 
@@ -92,7 +92,7 @@ impl Outcome {
 }
 
 struct Job {
-    func: PyObject,
+    func: Py<PyAny>,
     args: Py<PyTuple>,
     done: Completion,
 }
@@ -258,7 +258,7 @@ fn join_all(py: Python<'_>, shared: &Shared) {
     let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&shared.handles));
     let me = std::thread::current().id();
     let (own, others): (Vec<_>, Vec<_>) = handles.into_iter().partition(|h| h.thread().id() == me);
-    py.allow_threads(move || {
+    py.detach(move || {
         for h in others {
             let _ = h.join();
         }
@@ -311,7 +311,7 @@ fn run_job(py: Python<'_>, job: Job) {
 }
 
 fn worker(shared: Arc<Shared>, name: String) {
-    Python::with_gil(|py| {
+    Python::attach(|py| {
         let threading = py.import("threading").ok();
         // Named like a ThreadPoolExecutor worker for code that looks at current_thread().
         if let Some(t) = &threading {
@@ -321,7 +321,7 @@ fn worker(shared: Arc<Shared>, name: String) {
         }
         loop {
             let sh = shared.clone();
-            let Some(job) = py.allow_threads(move || sh.next_job()) else {
+            let Some(job) = py.detach(move || sh.next_job()) else {
                 break;
             };
             // A Rust panic (a bug) must not take the worker thread down with it.
@@ -385,8 +385,8 @@ impl ThreadPool {
         &self,
         py: Python<'_>,
         r#loop: Bound<'_, LoopCore>,
-        fut: PyObject,
-        func: PyObject,
+        fut: Py<PyAny>,
+        func: Py<PyAny>,
         args: Py<PyTuple>,
     ) -> PyResult<()> {
         let done = Completion::Loop {
@@ -400,8 +400,8 @@ impl ThreadPool {
     fn submit_cf(
         &self,
         py: Python<'_>,
-        fut: PyObject,
-        func: PyObject,
+        fut: Py<PyAny>,
+        func: Py<PyAny>,
         args: Py<PyTuple>,
     ) -> PyResult<()> {
         let done = Completion::Cf { fut };

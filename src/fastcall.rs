@@ -146,7 +146,7 @@ unsafe extern "C" fn call_soon_fast(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls method functions with the GIL held.
-    let py = unsafe { Python::assume_gil_acquired() };
+    let py = unsafe { Python::assume_attached() };
     c_method_result(py, "call_soon", || {
         // SAFETY: arguments come from CPython's vectorcall protocol for this method
         // descriptor: `slf` is a LoopCore instance (the descriptor checks the receiver type),
@@ -161,7 +161,7 @@ unsafe extern "C" fn call_soon_fast(
 pub(crate) fn c_method_result(
     py: Python<'_>,
     method: &str,
-    body: impl FnOnce() -> PyResult<PyObject>,
+    body: impl FnOnce() -> PyResult<Py<PyAny>>,
 ) -> *mut ffi::PyObject {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(obj)) => obj.into_ptr(),
@@ -187,7 +187,7 @@ unsafe fn call_soon_body(
     args: *const *mut ffi::PyObject,
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-) -> PyResult<PyObject> {
+) -> PyResult<Py<PyAny>> {
     // SAFETY: see the function contract.
     let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
     if nargs < 1 {
@@ -199,7 +199,7 @@ unsafe fn call_soon_body(
     let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
     // SAFETY: the method descriptor only calls us with LoopCore instances (it checks the
     // receiver type before the call).
-    let slf = unsafe { slf.downcast_into_unchecked::<LoopCore>() };
+    let slf = unsafe { slf.cast_into_unchecked::<LoopCore>() };
     let at = |i: usize| -> Bound<'_, PyAny> {
         // SAFETY: i < nargs + number of keywords; each entry is a borrowed live reference.
         unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) }
@@ -216,7 +216,7 @@ unsafe fn call_soon_body(
     if !kwnames.is_null() {
         // SAFETY: CPython passes a tuple of str as kwnames.
         let names = unsafe { Bound::from_borrowed_ptr(py, kwnames) };
-        let names = names.downcast_into::<PyTuple>()?;
+        let names = names.cast_into::<PyTuple>()?;
         let context_name = intern!(py, "context");
         for (i, name) in names.iter().enumerate() {
             // asyncio's C tasks and futures pass a "context" that is not the interned one.
@@ -251,7 +251,7 @@ unsafe fn call_soon_body(
                 ffi::Py_INCREF(item);
                 ffi::PyTuple_SET_ITEM(t, (i - 1) as ffi::Py_ssize_t, item);
             }
-            Bound::from_owned_ptr(py, t).downcast_into_unchecked::<PyTuple>()
+            Bound::from_owned_ptr(py, t).cast_into_unchecked::<PyTuple>()
         }
     };
     let h = LoopCore::call_soon_impl(&slf, &callback, &cb_args, context.as_ref())?;

@@ -40,9 +40,9 @@ use crate::pyhelpers;
 
 /// The references a handle holds. `None` once given up (run or cancelled).
 pub(crate) struct HandleData {
-    pub(crate) callback: Option<PyObject>,
+    pub(crate) callback: Option<Py<PyAny>>,
     pub(crate) args: Option<Py<PyTuple>>,
-    pub(crate) context: Option<PyObject>,
+    pub(crate) context: Option<Py<PyAny>>,
 }
 
 const CANCELLED: u8 = 1;
@@ -64,9 +64,9 @@ const CONTEXT_UNTRACKED: u8 = 1 << 6;
 #[derive(Default)]
 struct HandleExtra {
     /// Where the handle was created, as `traceback.StackSummary`.
-    source_traceback: Option<PyObject>,
+    source_traceback: Option<Py<PyAny>>,
     /// In debug mode asyncio keeps the handle's repr from the moment it was cancelled.
-    repr_at_cancel: Option<PyObject>,
+    repr_at_cancel: Option<Py<PyAny>>,
 }
 
 /// Side table of [`HandleExtra`], keyed by the address of the `Handle` inside its Python
@@ -120,9 +120,9 @@ impl Drop for Handle {
 
 impl Handle {
     pub(crate) fn new(
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: PyObject,
+        context: Py<PyAny>,
         debug: bool,
         persistent: bool,
     ) -> Self {
@@ -236,7 +236,7 @@ impl Handle {
     }
 
     /// Attaches the creation stack (debug mode). Call once the handle is in its Python object.
-    fn attach_traceback(&self, _py: Python<'_>, tb: PyObject) {
+    fn attach_traceback(&self, _py: Python<'_>, tb: Py<PyAny>) {
         let key = self as *const Handle as usize;
         let old = extras()
             .entry(key)
@@ -247,7 +247,7 @@ impl Handle {
         drop(old);
     }
 
-    fn set_repr_at_cancel(&self, _py: Python<'_>, repr: PyObject) {
+    fn set_repr_at_cancel(&self, _py: Python<'_>, repr: Py<PyAny>) {
         let key = self as *const Handle as usize;
         let old = extras()
             .entry(key)
@@ -261,8 +261,8 @@ impl Handle {
     fn extra_field(
         &self,
         py: Python<'_>,
-        field: impl FnOnce(&HandleExtra) -> Option<&PyObject>,
-    ) -> Option<PyObject> {
+        field: impl FnOnce(&HandleExtra) -> Option<&Py<PyAny>>,
+    ) -> Option<Py<PyAny>> {
         if !self.has(HAS_EXTRA) {
             return None;
         }
@@ -276,7 +276,7 @@ impl Handle {
 /// handle has its final address.
 pub(crate) struct NewHandle {
     pub(crate) handle: Handle,
-    pub(crate) source_traceback: Option<PyObject>,
+    pub(crate) source_traceback: Option<Py<PyAny>>,
 }
 
 impl NewHandle {
@@ -293,7 +293,7 @@ impl NewHandle {
     }
 }
 
-type Released = (Option<PyObject>, Option<Py<PyTuple>>);
+type Released = (Option<Py<PyAny>>, Option<Py<PyTuple>>);
 
 /// The handle gave up its callback and arguments: it can no longer be part of a cycle (see
 /// the module docs), so it leaves the collector's lists. Also used for handles that enter the
@@ -337,7 +337,7 @@ pub(crate) fn cancel_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<(
     let released: Released = this.with(py, |d| (d.callback.take(), d.args.take()))?;
     leave_gc(h);
     if this.has(SCHEDULED) {
-        if let Ok(timer) = h.downcast::<TimerHandle>() {
+        if let Ok(timer) = h.cast::<TimerHandle>() {
             timer.get().cancelled_timers.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -508,14 +508,19 @@ pub(crate) fn args_of<'py>(
 /// see `fastcall.rs`), so nothing can cancel or inspect it. If it raises, a `Handle` is built
 /// then, for the exception handler's report.
 pub(crate) struct LightCall {
-    pub(crate) callback: PyObject,
-    pub(crate) arg: Option<PyObject>,
-    pub(crate) context: PyObject,
+    pub(crate) callback: Py<PyAny>,
+    pub(crate) arg: Option<Py<PyAny>>,
+    pub(crate) context: Py<PyAny>,
 }
+
+/// A [`LightCall`] that raised: the exception, and the handle asyncio would have had for the
+/// call (for the exception handler's report). Boxed by `run`: the rare error path should not
+/// widen the common `Ok`.
+pub(crate) type LightCallFailure = Box<(PyErr, PyResult<Py<Handle>>)>;
 
 impl LightCall {
     /// Runs the call. On an exception, returns it with an equivalent handle for the report.
-    pub(crate) fn run(self, py: Python<'_>) -> Result<(), (PyErr, PyResult<Py<Handle>>)> {
+    pub(crate) fn run(self, py: Python<'_>) -> Result<(), LightCallFailure> {
         let LightCall {
             callback,
             arg,
@@ -533,7 +538,7 @@ impl LightCall {
                 Some(a) => ffi::PyObject_CallOneArg(cb.as_ptr(), a.as_ptr()),
             }
         });
-        result.map_err(|err| (err, Self::rebuild(py, cb, arg, ctx)))
+        result.map_err(|err| Box::new((err, Self::rebuild(py, cb, arg, ctx))))
     }
 
     /// The `Handle` asyncio would have had for this call (as if just run: not cancelled).
@@ -577,7 +582,7 @@ pub(crate) fn release_after_debug_check(py: Python<'_>, h: &Bound<'_, Handle>) {
     drop(released);
 }
 
-fn opt(py: Python<'_>, v: &Option<PyObject>) -> PyObject {
+fn opt(py: Python<'_>, v: &Option<Py<PyAny>>) -> Py<PyAny> {
     v.as_ref().map_or_else(|| py.None(), |c| c.clone_ref(py))
 }
 
@@ -605,7 +610,7 @@ impl Handle {
 
     fn __clear__(&self) {
         // SAFETY: tp_clear runs with the GIL held.
-        let py = unsafe { Python::assume_gil_acquired() };
+        let py = unsafe { Python::assume_attached() };
         let released = self.with(py, |d| (d.callback.take(), d.args.take(), d.context.take()));
         if let Ok((cb, args, ctx)) = released {
             let untracked = self.has(CONTEXT_UNTRACKED);
@@ -627,7 +632,7 @@ impl Handle {
         self.has(CANCELLED)
     }
 
-    fn get_context(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.with(py, |d| opt(py, &d.context))
     }
 
@@ -641,12 +646,12 @@ impl Handle {
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn _callback(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.with(py, |d| opt(py, &d.callback))
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn _args(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.with(py, |d| {
             d.args
                 .as_ref()
@@ -660,18 +665,18 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn _context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.get_context(py)
     }
 
     #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> PyObject {
+    fn _source_traceback(&self, py: Python<'_>) -> Py<PyAny> {
         self.extra_field(py, |e| e.source_traceback.as_ref())
             .unwrap_or_else(|| py.None())
     }
 
     #[getter]
-    fn _repr(&self, py: Python<'_>) -> PyObject {
+    fn _repr(&self, py: Python<'_>) -> Py<PyAny> {
         self.extra_field(py, |e| e.repr_at_cancel.as_ref())
             .unwrap_or_else(|| py.None())
     }
@@ -679,11 +684,11 @@ impl Handle {
     /// `asyncio.Handle`, so that `isinstance(handle, asyncio.Handle)` holds as the asyncio
     /// documentation promises for `call_soon`'s result (`type(handle)` stays this class).
     #[getter]
-    fn __class__(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(py.import("asyncio.events")?.getattr("Handle")?.unbind())
     }
 
-    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         match slf.get().extra_field(py, |e| e.repr_at_cancel.as_ref()) {
             Some(r) => Ok(r),
@@ -698,7 +703,7 @@ pub struct TimerHandle {
     when: f64,
     /// The deadline as given to `call_at` when it was not a float (an int stays an int for
     /// `when()` and `_when`, as in asyncio); the heap orders by `when`.
-    when_obj: Option<PyObject>,
+    when_obj: Option<Py<PyAny>>,
     /// Shared with the loop: how many scheduled timers were cancelled (heap compaction).
     cancelled_timers: Arc<AtomicUsize>,
 }
@@ -708,7 +713,7 @@ impl TimerHandle {
         py: Python<'_>,
         base: NewHandle,
         when: f64,
-        when_obj: Option<PyObject>,
+        when_obj: Option<Py<PyAny>>,
         counter: Arc<AtomicUsize>,
     ) -> PyResult<Py<Handle>> {
         let NewHandle {
@@ -735,7 +740,7 @@ fn when_of(h: &Bound<'_, TimerHandle>) -> f64 {
 }
 
 /// The deadline as the user gave it (see `TimerHandle::when_obj`).
-fn when_object(h: &Bound<'_, TimerHandle>) -> PyResult<PyObject> {
+fn when_object(h: &Bound<'_, TimerHandle>) -> PyResult<Py<PyAny>> {
     let py = h.py();
     match &h.get().when_obj {
         Some(o) => Ok(o.clone_ref(py)),
@@ -745,13 +750,13 @@ fn when_object(h: &Bound<'_, TimerHandle>) -> PyResult<PyObject> {
 
 #[pymethods]
 impl TimerHandle {
-    fn when(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn when(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         when_object(slf)
     }
 
     /// `asyncio.TimerHandle` (see `Handle.__class__`).
     #[getter]
-    fn __class__(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(py
             .import("asyncio.events")?
             .getattr("TimerHandle")?
@@ -759,7 +764,7 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _when(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn _when(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         when_object(slf)
     }
 
@@ -777,9 +782,9 @@ impl TimerHandle {
         slf: &Bound<'_, Self>,
         other: &Bound<'_, PyAny>,
         op: CompareOp,
-    ) -> PyResult<PyObject> {
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let Ok(other) = other.downcast::<TimerHandle>() else {
+        let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
         };
         let (a, b) = (when_of(slf), when_of(other));

@@ -7,33 +7,33 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::GILOnceCell;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 
-static FORMAT_HANDLE: GILOnceCell<PyObject> = GILOnceCell::new();
-static EXTRACT_STACK: GILOnceCell<PyObject> = GILOnceCell::new();
-static IS_COROUTINE_LIKE: GILOnceCell<PyObject> = GILOnceCell::new();
+static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static IS_COROUTINE_LIKE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn helper<'py>(
     py: Python<'py>,
-    cell: &'static GILOnceCell<PyObject>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
     name: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let f = cell.get_or_try_init(py, || -> PyResult<PyObject> {
+    let f = cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
         Ok(py.import("ferroloop._format")?.getattr(name)?.unbind())
     })?;
     Ok(f.bind(py).clone())
 }
 
 /// `repr()` of a handle in asyncio's format, e.g. `<Handle cb(1, 2) at file.py:3>`.
-pub fn format_handle(py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+pub fn format_handle(py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     Ok(helper(py, &FORMAT_HANDLE, "format_handle")?
         .call1((handle,))?
         .unbind())
 }
 
 /// The caller's stack as a `traceback.StackSummary` (debug mode only).
-pub fn extract_stack(py: Python<'_>) -> PyResult<PyObject> {
+pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
     Ok(helper(py, &EXTRACT_STACK, "extract_stack")?
         .call0()?
         .unbind())
@@ -46,21 +46,21 @@ pub fn is_coroutine_like(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<boo
         .is_truthy()
 }
 
-static TASKS_MODULE: GILOnceCell<PyObject> = GILOnceCell::new();
-static FUTURES_MODULE: GILOnceCell<PyObject> = GILOnceCell::new();
-static KW_LOOP: GILOnceCell<Py<PyTuple>> = GILOnceCell::new();
-static KW_LOOP_NAME: GILOnceCell<Py<PyTuple>> = GILOnceCell::new();
-static KW_LOOP_CONTEXT: GILOnceCell<Py<PyTuple>> = GILOnceCell::new();
-static KW_LOOP_NAME_CONTEXT: GILOnceCell<Py<PyTuple>> = GILOnceCell::new();
-static KW_CONTEXT: GILOnceCell<Py<PyTuple>> = GILOnceCell::new();
+static TASKS_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FUTURES_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static KW_LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+static KW_LOOP_NAME: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+static KW_LOOP_CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+static KW_LOOP_NAME_CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+static KW_CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 
 fn module_attr<'py>(
     py: Python<'py>,
-    cell: &'static GILOnceCell<PyObject>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
     module: &str,
     attr: &Bound<'py, PyString>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let m = cell.get_or_try_init(py, || -> PyResult<PyObject> {
+    let m = cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
         Ok(py.import(module)?.into_any().unbind())
     })?;
     // Looked up on every call, like asyncio does (`tasks.Task`), so that patching the module
@@ -85,7 +85,7 @@ pub fn future_type(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 
 fn kwnames<'py>(
     py: Python<'py>,
-    cell: &'static GILOnceCell<Py<PyTuple>>,
+    cell: &'static PyOnceLock<Py<PyTuple>>,
     names: &[&str],
 ) -> PyResult<Bound<'py, PyTuple>> {
     let t = cell.get_or_try_init(py, || -> PyResult<Py<PyTuple>> {

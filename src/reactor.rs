@@ -70,7 +70,7 @@ pub struct FdEntry {
     /// The mask currently registered with the kernel (0 = not registered).
     registered: u32,
     /// The socket object whose registration lingers (see the module docs).
-    linger: Option<PyObject>,
+    linger: Option<Py<PyAny>>,
     /// Listed in `Reactor::lingering` (each fd at most once, however often it lingers).
     listed: bool,
     /// Address of the file object last given to `add_reader`/`add_writer` for this fd (0 for
@@ -151,7 +151,7 @@ impl Reactor {
         waiter: Io,
         write: bool,
         sock: &Bound<'_, PyAny>,
-    ) -> Result<(Option<Io>, Option<PyObject>), (io::Error, Option<Io>)> {
+    ) -> Result<(Option<Io>, Option<Py<PyAny>>), (io::Error, Option<Io>)> {
         self.set_checked(fd, waiter, write, Some(sock.as_ptr() as usize))
     }
 
@@ -162,7 +162,7 @@ impl Reactor {
         handle: Io,
         write: bool,
         sock: Option<usize>,
-    ) -> Result<(Option<Io>, Option<PyObject>), (io::Error, Option<Io>)> {
+    ) -> Result<(Option<Io>, Option<Py<PyAny>>), (io::Error, Option<Io>)> {
         let epfd = self.epfd;
         let entry = self.fds.entry(fd).or_default();
         let lingered = entry.linger.take();
@@ -202,7 +202,7 @@ impl Reactor {
 
     /// Removes a `sock_*` waiter of `fd`; when no waiter is left, the registration lingers
     /// (module docs) instead of being removed now. `sock` is the waiter's socket object.
-    pub fn release_sock(&mut self, fd: RawFd, write: bool, sock: PyObject) -> Option<Io> {
+    pub fn release_sock(&mut self, fd: RawFd, write: bool, sock: Py<PyAny>) -> Option<Io> {
         let entry = self.fds.get_mut(&fd)?;
         let slot = if write {
             &mut entry.writer
@@ -237,7 +237,7 @@ impl Reactor {
 
     /// Removes the lingering registrations nobody reused (before the loop blocks). Returns
     /// the socket objects they kept, for the caller to drop outside the loop's state.
-    pub fn drop_lingering(&mut self) -> Vec<PyObject> {
+    pub fn drop_lingering(&mut self) -> Vec<Py<PyAny>> {
         let mut out = Vec::new();
         for fd in std::mem::take(&mut self.lingering) {
             let Some(entry) = self.fds.get_mut(&fd) else {
@@ -274,7 +274,7 @@ impl Reactor {
 
     /// Forgets every registration of `fd`, whose file is already closed (the kernel dropped
     /// it from epoll by itself). Returns what was registered.
-    pub fn forget_closed(&mut self, fd: RawFd) -> (Option<Io>, Option<Io>, Option<PyObject>) {
+    pub fn forget_closed(&mut self, fd: RawFd) -> (Option<Io>, Option<Io>, Option<Py<PyAny>>) {
         match self.fds.remove(&fd) {
             Some(e) => (e.reader, e.writer, e.linger),
             None => (None, None, None),
@@ -326,7 +326,7 @@ impl Reactor {
 
     /// Drops every registration and closes the epoll fd. Returns the handles for the caller to
     /// cancel and drop outside of any borrow.
-    pub fn close(&mut self) -> (Vec<Io>, Vec<PyObject>) {
+    pub fn close(&mut self) -> (Vec<Io>, Vec<Py<PyAny>>) {
         let mut out = Vec::new();
         let mut socks = Vec::new();
         self.lingering.clear();

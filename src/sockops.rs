@@ -20,7 +20,7 @@ use pyo3::exceptions::{
 };
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::GILOnceCell;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
 use crate::errors::os_error;
@@ -35,7 +35,7 @@ thread_local! {
     static RECV_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-static PLAIN_SOCKET: GILOnceCell<Py<PyType>> = GILOnceCell::new();
+static PLAIN_SOCKET: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// asyncio's checks at the start of `sock_recv`/`sock_sendall` (an `ssl.SSLSocket` is refused,
 /// and in debug mode a blocking socket), then the socket's fd from `sock.fileno()`.
@@ -45,7 +45,7 @@ pub(crate) fn checked_fd(sock: &Bound<'_, PyAny>, debug: bool) -> PyResult<RawFd
         Ok(py
             .import("socket")?
             .getattr("socket")?
-            .downcast_into::<PyType>()?
+            .cast_into::<PyType>()?
             .unbind())
     })?;
     // A plain socket.socket cannot be an ssl.SSLSocket (a subclass); others ask asyncio.
@@ -73,7 +73,7 @@ const STAGED_RECV_MAX: usize = 4 * 1024 * 1024;
 /// `sock.recv(n)` on the raw fd, without raising when it would block: `Ok(None)` then.
 /// Errors are the socket module's (`OSError` subclass by errno, `ValueError` for n < 0,
 /// `MemoryError` when `n` bytes cannot be allocated).
-pub(crate) fn try_recv(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<PyObject>> {
+pub(crate) fn try_recv(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<Py<PyAny>>> {
     if n < 0 {
         return Err(PyValueError::new_err("negative buffersize in recv"));
     }
@@ -108,30 +108,37 @@ fn unless_would_block<T>(when_blocked: T) -> PyResult<T> {
 }
 
 /// Reads straight into a new `bytes` of `n`, shrunk to what arrived (what `socket.recv`
-/// does): one copy less for large reads.
-fn recv_direct(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<PyObject>> {
+/// does): one copy less for large reads. Uses the `PyBytesWriter` API (public since 3.15;
+/// PyO3's compat shim, built on the same `_PyBytes_Resize`, on older versions).
+fn recv_direct(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
     use pyo3::ffi;
-    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised bytes object of
-    // n bytes (or NULL with an exception set). It is not shared with anyone until returned, so
-    // writing into its buffer and resizing it are allowed. _PyBytes_Resize frees the object
-    // and sets the pointer to NULL on failure.
+    use pyo3::ffi::compat::{
+        PyBytesWriter_Create, PyBytesWriter_Discard, PyBytesWriter_FinishWithSize,
+        PyBytesWriter_GetData,
+    };
+    // SAFETY: PyBytesWriter_Create(n) returns a writer owning an n-byte buffer (or NULL with
+    // an exception set). The buffer is ours until the writer is finished or discarded, so
+    // `recv` may write up to n bytes into it; FinishWithSize consumes the writer (also on
+    // failure) and returns a new reference to a bytes object of `got` bytes, or NULL with an
+    // exception set. Discard frees the writer on the error path. The GIL is held throughout.
     unsafe {
-        let mut obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t);
-        if obj.is_null() {
+        let writer = PyBytesWriter_Create(n as ffi::Py_ssize_t);
+        if writer.is_null() {
             return Err(PyErr::fetch(py));
         }
-        let ptr = ffi::PyBytes_AsString(obj) as *mut libc::c_void;
+        let ptr = PyBytesWriter_GetData(writer);
         let got = retry_eintr(|| libc::recv(fd, ptr, n, 0));
         if got < 0 {
             let failed = unless_would_block(None);
-            ffi::Py_DECREF(obj);
+            PyBytesWriter_Discard(writer);
             return failed;
         }
         crate::metrics::received(got as usize);
-        if (got as usize) < n && ffi::_PyBytes_Resize(&mut obj, got as ffi::Py_ssize_t) != 0 {
+        let obj = PyBytesWriter_FinishWithSize(writer, got as ffi::Py_ssize_t);
+        if obj.is_null() {
             return Err(PyErr::fetch(py));
         }
-        Ok(Some(PyObject::from_owned_ptr(py, obj)))
+        Ok(Some(Bound::from_owned_ptr(py, obj).unbind()))
     }
 }
 
@@ -157,7 +164,7 @@ fn recv_into_vec(
     fd: RawFd,
     buf: &mut [u8],
     n: usize,
-) -> PyResult<Option<PyObject>> {
+) -> PyResult<Option<Py<PyAny>>> {
     let ptr = buf.as_mut_ptr() as *mut libc::c_void;
     // SAFETY: `buf` has at least `n` writable bytes for the duration of the call.
     let got = retry_eintr(|| unsafe { libc::recv(fd, ptr, n, 0) });
@@ -177,16 +184,16 @@ pub(crate) enum SockOp {
     /// `sock.recv(n)`
     Recv(isize),
     /// `sock.recv_into(buf, nbytes)`
-    RecvInto(PyObject, isize),
+    RecvInto(Py<PyAny>, isize),
     /// `sock.send(view[offset:])` until the whole view is sent.
-    SendAll(PyObject, usize),
+    SendAll(Py<PyAny>, usize),
 }
 
 struct WaiterState {
     fd: RawFd,
     write: bool,
-    sock: Option<PyObject>,
-    fut: Option<PyObject>,
+    sock: Option<Py<PyAny>>,
+    fut: Option<Py<PyAny>>,
     op: Option<SockOp>,
     lp: Option<Py<LoopCore>>,
     /// Still the fd's registered waiter.
@@ -203,8 +210,8 @@ impl SockWaiter {
     pub(crate) fn new(
         fd: RawFd,
         write: bool,
-        sock: PyObject,
-        fut: PyObject,
+        sock: Py<PyAny>,
+        fut: Py<PyAny>,
         op: SockOp,
         lp: Py<LoopCore>,
     ) -> Self {
@@ -240,7 +247,7 @@ impl SockWaiter {
     }
 
     /// Settles the future (unless someone else did) after leaving the reactor.
-    fn finish(slf: &Bound<'_, Self>, result: PyResult<PyObject>) -> PyResult<()> {
+    fn finish(slf: &Bound<'_, Self>, result: PyResult<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         Self::release(slf)?;
         let (fut, op, sock) = slf

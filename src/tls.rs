@@ -31,21 +31,21 @@ use crate::gilcell::GilCell;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::GILOnceCell;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 /// Values from `asyncio.sslproto`, looked up once.
 struct SslProto {
-    wrapped: PyObject,
-    flushing: PyObject,
+    wrapped: Py<PyAny>,
+    flushing: Py<PyAny>,
     /// `SSLAgainErrors`: what `SSLObject.read()`/`write()` raise when they need more input.
-    again: PyObject,
+    again: Py<PyAny>,
     /// asyncio's own `SSLProtocol._write_appdata`, for writes outside the WRAPPED state.
-    base_write_appdata: PyObject,
+    base_write_appdata: Py<PyAny>,
 }
 
-static SSLPROTO: GILOnceCell<SslProto> = GILOnceCell::new();
+static SSLPROTO: PyOnceLock<SslProto> = PyOnceLock::new();
 
 fn sslproto(py: Python<'_>) -> PyResult<&'static SslProto> {
     SSLPROTO.get_or_try_init(py, || {
@@ -71,16 +71,16 @@ const COPY_LIMIT: usize = 16 * 1024;
 /// [`TlsCore`] until one of those attributes is assigned again.
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
 pub(crate) struct TlsConn {
-    incoming: PyObject,
-    outgoing: PyObject,
-    sslobj: PyObject,
-    backlog: PyObject,
+    incoming: Py<PyAny>,
+    outgoing: Py<PyAny>,
+    sslobj: Py<PyAny>,
+    backlog: Py<PyAny>,
     /// Bound methods called per record, looked up once.
-    incoming_write: PyObject,
-    outgoing_read: PyObject,
-    ssl_read: PyObject,
-    ssl_write: PyObject,
-    max_size: PyObject,
+    incoming_write: Py<PyAny>,
+    outgoing_read: Py<PyAny>,
+    ssl_read: Py<PyAny>,
+    ssl_write: Py<PyAny>,
+    max_size: Py<PyAny>,
     /// `max_size` as a length (usize::MAX if it is not one).
     max_len: usize,
 }
@@ -103,7 +103,7 @@ impl TlsConn {
 /// The object whose `read`/`write`/`pending` the record path calls: for the standard library's
 /// `ssl.SSLObject` itself, the C object its methods delegate to unchanged (one Python frame
 /// less per call); for a subclass (`SSLContext.sslobject_class`), the object as given.
-fn ssl_core(sslobj: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+fn ssl_core(sslobj: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let py = sslobj.py();
     let standard = py
         .import(intern!(py, "ssl"))?
@@ -172,7 +172,7 @@ pub(crate) struct TlsCore {
 }
 
 struct CoreAttrs {
-    values: [Option<PyObject>; ATTRS],
+    values: [Option<Py<PyAny>>; ATTRS],
     /// Derived from `_incoming`, `_outgoing`, `_sslobj` and `_write_backlog`; dropped when one
     /// of them is assigned.
     conn: Option<Py<TlsConn>>,
@@ -193,7 +193,7 @@ impl TlsCore {
         }
     }
 
-    fn set_attr(&self, slf: &Bound<'_, TlsCore>, a: A, value: Option<PyObject>) -> PyResult<()> {
+    fn set_attr(&self, slf: &Bound<'_, TlsCore>, a: A, value: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let derived = matches!(a, A::Incoming | A::Outgoing | A::Sslobj | A::WriteBacklog);
         // The replaced values are released after the cell is left (their finalizers may run
@@ -222,179 +222,179 @@ impl TlsCore {
     }
 
     #[getter(_state)]
-    fn get_state(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_state(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::State)?.unbind())
     }
 
     #[setter(_state)]
-    fn set_state(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_state(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::State, Some(value))
     }
 
     #[getter(_incoming)]
-    fn get_incoming(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_incoming(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::Incoming)?.unbind())
     }
 
     #[setter(_incoming)]
-    fn set_incoming(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_incoming(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::Incoming, Some(value))
     }
 
     #[getter(_outgoing)]
-    fn get_outgoing(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_outgoing(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::Outgoing)?.unbind())
     }
 
     #[setter(_outgoing)]
-    fn set_outgoing(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_outgoing(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::Outgoing, Some(value))
     }
 
     #[getter(_sslobj)]
-    fn get_sslobj(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_sslobj(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::Sslobj)?.unbind())
     }
 
     #[setter(_sslobj)]
-    fn set_sslobj(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_sslobj(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::Sslobj, Some(value))
     }
 
     #[getter(_write_backlog)]
-    fn get_write_backlog(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_write_backlog(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::WriteBacklog)?.unbind())
     }
 
     #[setter(_write_backlog)]
-    fn set_write_backlog(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_write_backlog(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::WriteBacklog, Some(value))
     }
 
     #[getter(_write_buffer_size)]
-    fn get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::WriteBufferSize)?.unbind())
     }
 
     #[setter(_write_buffer_size)]
-    fn set_write_buffer_size(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_write_buffer_size(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::WriteBufferSize, Some(value))
     }
 
     #[getter(_app_protocol)]
-    fn get_app_protocol(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_app_protocol(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::AppProtocol)?.unbind())
     }
 
     #[setter(_app_protocol)]
-    fn set_app_protocol(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_app_protocol(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::AppProtocol, Some(value))
     }
 
     #[getter(_app_protocol_is_buffer)]
-    fn get_app_protocol_is_buffer(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_app_protocol_is_buffer(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::AppProtocolIsBuffer)?.unbind())
     }
 
     #[setter(_app_protocol_is_buffer)]
-    fn set_app_protocol_is_buffer(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_app_protocol_is_buffer(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::AppProtocolIsBuffer, Some(value))
     }
 
     #[getter(_transport)]
-    fn get_transport(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_transport(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::Transport)?.unbind())
     }
 
     #[setter(_transport)]
-    fn set_transport(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_transport(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::Transport, Some(value))
     }
 
     #[getter(_app_reading_paused)]
-    fn get_app_reading_paused(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_app_reading_paused(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::AppReadingPaused)?.unbind())
     }
 
     #[setter(_app_reading_paused)]
-    fn set_app_reading_paused(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_app_reading_paused(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::AppReadingPaused, Some(value))
     }
 
     #[getter(_ssl_writing_paused)]
-    fn get_ssl_writing_paused(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_ssl_writing_paused(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::SslWritingPaused)?.unbind())
     }
 
     #[setter(_ssl_writing_paused)]
-    fn set_ssl_writing_paused(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_ssl_writing_paused(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::SslWritingPaused, Some(value))
     }
 
     #[getter(_ssl_reading_paused)]
-    fn get_ssl_reading_paused(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_ssl_reading_paused(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::SslReadingPaused)?.unbind())
     }
 
     #[setter(_ssl_reading_paused)]
-    fn set_ssl_reading_paused(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_ssl_reading_paused(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::SslReadingPaused, Some(value))
     }
 
     #[getter(_app_writing_paused)]
-    fn get_app_writing_paused(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_app_writing_paused(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::AppWritingPaused)?.unbind())
     }
 
     #[setter(_app_writing_paused)]
-    fn set_app_writing_paused(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_app_writing_paused(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::AppWritingPaused, Some(value))
     }
 
     #[getter(_incoming_high_water)]
-    fn get_incoming_high_water(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_incoming_high_water(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::IncomingHighWater)?.unbind())
     }
 
     #[setter(_incoming_high_water)]
-    fn set_incoming_high_water(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_incoming_high_water(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::IncomingHighWater, Some(value))
     }
 
     #[getter(_incoming_low_water)]
-    fn get_incoming_low_water(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_incoming_low_water(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::IncomingLowWater)?.unbind())
     }
 
     #[setter(_incoming_low_water)]
-    fn set_incoming_low_water(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_incoming_low_water(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::IncomingLowWater, Some(value))
     }
 
     #[getter(_outgoing_high_water)]
-    fn get_outgoing_high_water(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_outgoing_high_water(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::OutgoingHighWater)?.unbind())
     }
 
     #[setter(_outgoing_high_water)]
-    fn set_outgoing_high_water(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_outgoing_high_water(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::OutgoingHighWater, Some(value))
     }
 
     #[getter(_outgoing_low_water)]
-    fn get_outgoing_low_water(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn get_outgoing_low_water(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().attr(slf, A::OutgoingLowWater)?.unbind())
     }
 
     #[setter(_outgoing_low_water)]
-    fn set_outgoing_low_water(slf: &Bound<'_, Self>, value: PyObject) -> PyResult<()> {
+    fn set_outgoing_low_water(slf: &Bound<'_, Self>, value: Py<PyAny>) -> PyResult<()> {
         slf.get().set_attr(slf, A::OutgoingLowWater, Some(value))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // SAFETY: the collector calls tp_traverse with the GIL held; the token is only used
         // to enter our own cell, which refuses (and we skip) if it is in use.
-        let py = unsafe { Python::assume_gil_acquired() };
+        let py = unsafe { Python::assume_attached() };
         let res = self.attrs.try_with(py, |c| -> Result<(), PyTraverseError> {
             for v in c.values.iter().flatten() {
                 visit.call(v)?;
@@ -409,7 +409,7 @@ impl TlsCore {
 
     fn __clear__(&self) {
         // SAFETY: tp_clear runs with the GIL held.
-        let py = unsafe { Python::assume_gil_acquired() };
+        let py = unsafe { Python::assume_attached() };
         // As a plain object's dict is cleared: the attributes go, breaking cycles through them.
         let taken = self
             .attrs
@@ -428,7 +428,7 @@ struct Proto<'a, 'py> {
 impl<'a, 'py> Proto<'a, 'py> {
     fn new(obj: &'a Bound<'py, PyAny>) -> PyResult<Self> {
         let py = obj.py();
-        let core = obj.downcast::<TlsCore>()?.clone();
+        let core = obj.cast::<TlsCore>()?.clone();
         let cached = core
             .get()
             .attrs
@@ -436,15 +436,16 @@ impl<'a, 'py> Proto<'a, 'py> {
         let conn = match cached {
             Some(c) => c.into_bound(py),
             None => {
-                let get = |a: A| -> PyResult<PyObject> { Ok(core.get().attr(&core, a)?.unbind()) };
+                let get = |a: A| -> PyResult<Py<PyAny>> { Ok(core.get().attr(&core, a)?.unbind()) };
                 let max_size = obj.getattr(intern!(py, "max_size"))?.unbind();
                 let max_len = max_size.bind(py).extract::<usize>().unwrap_or(usize::MAX);
                 let incoming = get(A::Incoming)?;
                 let outgoing = get(A::Outgoing)?;
                 let sslobj = ssl_core(get(A::Sslobj)?.bind(py))?;
-                let method = |obj: &PyObject, name: &Bound<'py, PyString>| -> PyResult<PyObject> {
-                    Ok(obj.bind(py).getattr(name)?.unbind())
-                };
+                let method =
+                    |obj: &Py<PyAny>, name: &Bound<'py, PyString>| -> PyResult<Py<PyAny>> {
+                        Ok(obj.bind(py).getattr(name)?.unbind())
+                    };
                 let conn = Bound::new(
                     py,
                     TlsConn {
@@ -517,7 +518,7 @@ impl<'a, 'py> Proto<'a, 'py> {
             .set_attr(&self.core, A::WriteBufferSize, Some(updated.unbind()))
     }
 
-    fn state_is(&self, state: &PyObject) -> PyResult<bool> {
+    fn state_is(&self, state: &Py<PyAny>) -> PyResult<bool> {
         Ok(self.get(A::State)?.is(state))
     }
 
@@ -945,7 +946,7 @@ unsafe extern "C" fn app_write(
     data: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls method functions with the GIL held.
-    let py = unsafe { Python::assume_gil_acquired() };
+    let py = unsafe { Python::assume_attached() };
     crate::fastcall::c_method_result(py, "TLS write", || {
         // SAFETY: METH_O convention: `slf` is the receiver (an instance of the class the
         // descriptor was made for, checked by CPython) and `data` the one argument, both

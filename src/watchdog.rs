@@ -143,7 +143,7 @@ pub enum Kind {
 /// A loop the watchdog serves: its stamp and a weak reference to the Python loop object.
 struct Watched {
     stamp: Weak<Stamp>,
-    loop_ref: PyObject,
+    loop_ref: Py<PyAny>,
 }
 
 #[derive(Default)]
@@ -351,7 +351,7 @@ fn act(findings: Vec<Finding>) {
     if STOPPED.load(Ordering::Acquire) || !is_python_alive() {
         return;
     }
-    Python::with_gil(|py| {
+    Python::attach(|py| {
         for finding in findings {
             let r = match finding {
                 Finding::Blocked {

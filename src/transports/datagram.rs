@@ -114,7 +114,7 @@ enum Dest {
     /// `sendto` with an address converted here.
     Native(SockAddr),
     /// The socket object's `sendto(data, addr)` (names, Unix paths, anything unusual).
-    Python(PyObject),
+    Python(Py<PyAny>),
 }
 
 struct Pending {
@@ -141,14 +141,14 @@ struct DatagramState {
     connected: bool,
     loop_: Option<Py<LoopCore>>,
     /// The Python wrapper (`DatagramTransport`), passed to protocols and error reports.
-    owner: Option<PyObject>,
+    owner: Option<Py<PyAny>>,
     /// The Python socket object, for the slow send path.
-    sock: Option<PyObject>,
+    sock: Option<Py<PyAny>>,
     /// The protocol; its methods are looked up when called, as asyncio does (a protocol may
     /// replace them on the instance while connected).
-    protocol: Option<PyObject>,
+    protocol: Option<Py<PyAny>>,
     /// The remote address given to `create_datagram_endpoint` (None if none, or falsy).
-    address: Option<PyObject>,
+    address: Option<Py<PyAny>>,
     queue: VecDeque<Pending>,
     /// Bytes queued, plus `header_size` per datagram (what `get_write_buffer_size` reports).
     buffer_size: usize,
@@ -161,11 +161,11 @@ struct DatagramState {
     low: usize,
     /// The last sender seen by `recvfrom`, in kernel form and as the Python object handed to
     /// the protocol.
-    last_peer: Option<(SockAddr, PyObject)>,
+    last_peer: Option<(SockAddr, Py<PyAny>)>,
 }
 
 impl DatagramState {
-    fn take_refs(&mut self) -> Vec<PyObject> {
+    fn take_refs(&mut self) -> Vec<Py<PyAny>> {
         let mut out = Vec::new();
         out.extend(self.owner.take());
         out.extend(self.sock.take());
@@ -245,7 +245,7 @@ fn classify(py: Python<'_>, e: PyErr) -> Sent {
 /// A numeric host, as the socket module's `setipaddr` accepts it without a lookup:
 /// `inet_pton` on the socket's own family (scoped IPv6 literals excepted).
 fn parse_host(family: i32, host: &Bound<'_, PyAny>, out: *mut libc::c_void) -> bool {
-    let Ok(host) = host.downcast::<PyString>() else {
+    let Ok(host) = host.cast::<PyString>() else {
         return false;
     };
     let Ok(host) = host.to_str() else {
@@ -265,7 +265,7 @@ fn parse_host(family: i32, host: &Bound<'_, PyAny>, out: *mut libc::c_void) -> b
 
 /// An exact Python int within `lo..=hi`.
 fn small_int(v: &Bound<'_, PyAny>, lo: i64, hi: i64) -> Option<i64> {
-    let v = v.downcast_exact::<PyInt>().ok()?;
+    let v = v.cast_exact::<PyInt>().ok()?;
     let v: i64 = v.extract().ok()?;
     (lo..=hi).contains(&v).then_some(v)
 }
@@ -273,7 +273,7 @@ fn small_int(v: &Bound<'_, PyAny>, lo: i64, hi: i64) -> Option<i64> {
 /// Converts `(host, port)` (AF_INET) or `(host, port[, flowinfo[, scope_id]])` (AF_INET6) with
 /// a numeric host natively; `None` means: let the socket module do it.
 fn parse_inet(family: i32, addr: &Bound<'_, PyAny>) -> Option<SockAddr> {
-    let t = addr.downcast::<PyTuple>().ok()?;
+    let t = addr.cast::<PyTuple>().ok()?;
     let n = t.len();
     let mut sa = SockAddr::zeroed();
     match family {
@@ -342,7 +342,7 @@ fn ntop(py: Python<'_>, family: i32, src: *const libc::c_void) -> PyResult<Bound
 /// `(host, port)` for AF_INET, `(host, port, flowinfo, scope_id)` for AF_INET6; for AF_UNIX a
 /// `str` path (`''` for an address without one), or `bytes` for an abstract name (leading NUL
 /// included); `(family, sa_data)` for any other family.
-fn sockaddr_to_py(py: Python<'_>, sa: &SockAddr) -> PyResult<PyObject> {
+fn sockaddr_to_py(py: Python<'_>, sa: &SockAddr) -> PyResult<Py<PyAny>> {
     let len = sa.len();
     if len == 0 {
         return Ok(py.None());
@@ -411,7 +411,7 @@ fn sockaddr_to_py(py: Python<'_>, sa: &SockAddr) -> PyResult<PyObject> {
 }
 
 impl DatagramTransport {
-    fn owner(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+    fn owner(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.state
             .with(py, |s| s.owner.as_ref().map(|o| o.clone_ref(py)))
     }
@@ -471,7 +471,7 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: PyObject) -> PyResult<()> {
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let (Some(owner), Some(lp)) = (slf.get().owner(py)?, slf.get().loop_core(py)?) else {
             return Ok(());
@@ -484,7 +484,7 @@ impl DatagramTransport {
 
     fn call_protocol_flow(
         slf: &Bound<'_, Self>,
-        proto: PyObject,
+        proto: Py<PyAny>,
         method: &Bound<'_, PyString>,
         what: &str,
     ) -> PyResult<()> {
@@ -601,7 +601,7 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn force_close(slf: &Bound<'_, Self>, exc: PyObject) -> PyResult<()> {
+    fn force_close(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let res = slf.get().state.with(py, |s| {
             if s.conn_lost > 0 {
@@ -681,7 +681,7 @@ impl DatagramTransport {
     }
 
     /// The Python form of a sender's address, reusing the last one when it is the same peer.
-    fn peer_object(slf: &Bound<'_, Self>, sa: &SockAddr) -> PyResult<PyObject> {
+    fn peer_object(slf: &Bound<'_, Self>, sa: &SockAddr) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         if sa.len() == 0 {
             return Ok(py.None());
@@ -802,9 +802,9 @@ impl DatagramTransport {
         lp: Bound<'_, LoopCore>,
         fd: RawFd,
         family: i32,
-        sock: PyObject,
-        owner: PyObject,
-        address: Option<PyObject>,
+        sock: Py<PyAny>,
+        owner: Py<PyAny>,
+        address: Option<Py<PyAny>>,
         connected: bool,
         send_empty: bool,
         header_size: usize,
@@ -846,7 +846,7 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.state.with(py, |s| {
             s.protocol
                 .as_ref()
@@ -894,7 +894,7 @@ impl DatagramTransport {
         // A buffer the socket refuses (non-contiguous): asyncio hands it to the socket, which
         // raises; the error is kept for that moment, and a copy is what gets queued.
         let mut refused = None;
-        let bytes: &[u8] = match data.downcast::<PyBytes>() {
+        let bytes: &[u8] = match data.cast::<PyBytes>() {
             Ok(b) => b.as_bytes(),
             Err(_) => match ByteView::new(data, false) {
                 Ok(v) => {
@@ -905,7 +905,7 @@ impl DatagramTransport {
                 Err(e) => {
                     refused = Some(e);
                     copy = py.get_type::<PyBytes>().call1((data,))?;
-                    copy.downcast::<PyBytes>()?.as_bytes()
+                    copy.cast::<PyBytes>()?.as_bytes()
                 }
             },
         };
@@ -999,7 +999,7 @@ impl DatagramTransport {
         Self::force_close(slf, slf.py().None())
     }
 
-    fn _force_close(slf: &Bound<'_, Self>, exc: PyObject) -> PyResult<()> {
+    fn _force_close(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
         Self::force_close(slf, exc)
     }
 
@@ -1104,7 +1104,7 @@ impl DatagramTransport {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // SAFETY: the collector calls tp_traverse with the GIL held; the token is only used
         // to enter our own cell, which refuses (and we skip) if it is in use.
-        let py = unsafe { Python::assume_gil_acquired() };
+        let py = unsafe { Python::assume_attached() };
         let res = self.state.try_with(py, |s| -> Result<(), PyTraverseError> {
             for o in [&s.owner, &s.sock, &s.protocol, &s.address]
                 .into_iter()
@@ -1133,7 +1133,7 @@ impl DatagramTransport {
 
     fn __clear__(&self) {
         // SAFETY: tp_clear runs with the GIL held.
-        let py = unsafe { Python::assume_gil_acquired() };
+        let py = unsafe { Python::assume_attached() };
         let refs = self.state.try_with(py, |s| s.take_refs());
         drop(refs);
     }

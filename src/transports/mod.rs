@@ -32,8 +32,8 @@ pub(crate) struct Interest {
     /// Read / write interest currently registered with the reactor.
     pub reading: bool,
     pub writing: bool,
-    pub read_ctx: Option<PyObject>,
-    pub write_ctx: Option<PyObject>,
+    pub read_ctx: Option<Py<PyAny>>,
+    pub write_ctx: Option<Py<PyAny>>,
 }
 
 impl Interest {
@@ -51,7 +51,7 @@ impl Interest {
 }
 
 /// A copy of the current `contextvars.Context`.
-fn copy_context(py: Python<'_>) -> PyResult<PyObject> {
+fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: PyContext_CopyCurrent returns a new reference, or NULL with an exception set.
     let p = unsafe { ffi::PyContext_CopyCurrent() };
     // SAFETY: `p` is a new reference (ownership taken) or NULL.

@@ -45,11 +45,11 @@ struct StreamState {
     io: Interest,
     loop_: Option<Py<LoopCore>>,
     /// The Python wrapper (`SocketTransport`), passed to protocols and error reports.
-    owner: Option<PyObject>,
+    owner: Option<Py<PyAny>>,
     /// The protocol. Its methods are looked up when they are called, as asyncio does: a
     /// protocol may lack the ones it never needs (a write-only protocol has no
     /// `data_received`) or replace them on the instance while connected.
-    protocol: Option<PyObject>,
+    protocol: Option<Py<PyAny>>,
     buffered: bool,
     /// The protocol is ferroloop's TLS protocol: received bytes go to [`crate::tls::feed`].
     tls: bool,
@@ -62,7 +62,7 @@ struct StreamState {
     high: usize,
     low: usize,
     /// `loop.sendfile` waits for the buffer to drain on this future.
-    empty_waiter: Option<PyObject>,
+    empty_waiter: Option<Py<PyAny>>,
 }
 
 impl StreamState {
@@ -84,7 +84,7 @@ impl StreamState {
         }
     }
 
-    fn take_refs(&mut self) -> Vec<PyObject> {
+    fn take_refs(&mut self) -> Vec<Py<PyAny>> {
         let mut out = Vec::new();
         out.extend(self.owner.take());
         out.extend(self.protocol.take());
@@ -232,7 +232,7 @@ impl StreamTransport {
         )
     }
 
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: PyObject) -> PyResult<()> {
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let owner = slf
             .get()
@@ -394,7 +394,7 @@ impl StreamTransport {
         Ok(())
     }
 
-    fn force_close(slf: &Bound<'_, Self>, exc: PyObject) -> PyResult<()> {
+    fn force_close(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let first_close = slf.get().state.with(py, |s| {
             if s.conn_lost > 0 {
@@ -426,11 +426,11 @@ pub(crate) fn on_readable(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) 
 /// Where received bytes go, per the protocol's kind (decided at `set_protocol`).
 enum Reader {
     /// `protocol.data_received(bytes)`.
-    Copy(PyObject),
+    Copy(Py<PyAny>),
     /// A `BufferedProtocol`: `get_buffer()`, then `buffer_updated(n)`.
-    Buffered(PyObject),
+    Buffered(Py<PyAny>),
     /// ferroloop's TLS protocol: the bytes go to its native record path.
-    Tls(PyObject),
+    Tls(Py<PyAny>),
 }
 
 fn read_ready(slf: &Bound<'_, StreamTransport>, rbuf: &mut Vec<u8>) -> PyResult<()> {
@@ -652,7 +652,7 @@ impl NativeTransport for StreamTransport {
 #[pymethods]
 impl StreamTransport {
     #[new]
-    fn py_new(lp: Bound<'_, LoopCore>, fd: RawFd, owner: PyObject) -> PyResult<Self> {
+    fn py_new(lp: Bound<'_, LoopCore>, fd: RawFd, owner: Py<PyAny>) -> PyResult<Self> {
         if fd < 0 {
             return Err(PyValueError::new_err(format!(
                 "Invalid file descriptor: {fd}"
@@ -697,7 +697,7 @@ impl StreamTransport {
         Ok(())
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.state.with(py, |s| {
             s.protocol
                 .as_ref()
@@ -872,7 +872,7 @@ impl StreamTransport {
         Self::force_close(slf, slf.py().None())
     }
 
-    fn _force_close(slf: &Bound<'_, Self>, exc: PyObject) -> PyResult<()> {
+    fn _force_close(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
         Self::force_close(slf, exc)
     }
 
@@ -927,7 +927,7 @@ impl StreamTransport {
     }
 
     /// For `loop.sendfile`: a future resolved when the output buffer is empty.
-    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let (has, empty) = slf
             .get()
@@ -1008,7 +1008,7 @@ impl StreamTransport {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // SAFETY: the collector calls tp_traverse with the GIL held; the token is only used
         // to enter our own cell, which refuses (and we skip) if it is in use.
-        let py = unsafe { Python::assume_gil_acquired() };
+        let py = unsafe { Python::assume_attached() };
         let res = self.state.try_with(py, |s| -> Result<(), PyTraverseError> {
             for o in [&s.owner, &s.protocol, &s.empty_waiter]
                 .into_iter()
@@ -1026,7 +1026,7 @@ impl StreamTransport {
 
     fn __clear__(&self) {
         // SAFETY: tp_clear runs with the GIL held.
-        let py = unsafe { Python::assume_gil_acquired() };
+        let py = unsafe { Python::assume_attached() };
         let refs = self.state.try_with(py, |s| s.take_refs());
         drop(refs);
     }
