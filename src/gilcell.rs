@@ -8,8 +8,10 @@
 //! `RuntimeError` instead of aliasing: if code inside a `with` closure ever ended up calling
 //! back into Python and Python re-entered the same cell, the inner access fails cleanly.
 //!
-//! ferroloop requires a GIL-enabled interpreter; on free-threaded builds PyO3 declares the module
-//! as needing the GIL, which keeps this reasoning valid.
+//! ferroloop requires a GIL-enabled interpreter: the module is declared `gil_used = true`
+//! (`lib.rs`), so a free-threaded build re-enables the GIL when it imports it, which keeps this
+//! reasoning valid. Supporting free-threading without the GIL would mean replacing these cells
+//! (see the README, "Free-threaded Python").
 
 use std::cell::{Cell, UnsafeCell};
 

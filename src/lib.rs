@@ -37,7 +37,12 @@ mod transports;
 mod waker;
 mod watchdog;
 
-#[pymodule]
+// `gil_used = true`: the native state lives in GIL-guarded cells (`gilcell`), whose soundness
+// rests on the GIL serializing every thread that reaches them. PyO3 0.28+ declares modules
+// free-threading-safe by default; this keeps the declaration that makes a free-threaded
+// interpreter re-enable the GIL when it imports ferroloop (see the README, "Free-threaded
+// Python").
+#[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     fastcall::install(m.py())?;
