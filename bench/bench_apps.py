@@ -146,6 +146,7 @@ class Window:
             parts.append(f"p99 {self.p99_ms:.2f} ms")
         parts.append(f"CPU {cpu_us:.1f} us/req (user {user_us:.1f}), loop process {busy:.0%} busy")
         extra = {
+            "pid": os.getpid(),
             "requests": self.requests,
             "seconds": round(self.seconds, 4),
             "user_s": round(self.user, 3),
@@ -933,31 +934,48 @@ def cpu_epilogue(rows: list[Any], loops: list[str], cells: dict, baseline: str |
 # --------------------------------------------------------------------------------------------
 # --profile: where each request's CPU time goes
 #
-# perf (cpu-clock, DWARF call chains) attributes every sample by walking from the sample up its
-# native stack to the first frame that says whose work it is:
+# perf (cpu-clock, DWARF call chains) attributes every sample of the loop's process by walking
+# from the sample up its stack to the first frame that says whose work it is:
 #   kernel      the sample is in the kernel (system calls, loopback TCP, page faults)
 #   loop        a frame in the loop's native module (_ferroloop*.so; uvloop's loop*.so, libuv
 #               inside): the loop's code and whatever C it calls directly (malloc, memcpy,
 #               CPython's object and call machinery), up to the Python code it calls
-#   python      _PyEval_EvalFrameDefault: Python code running, with the builtins it calls
+#   loop_py     a Python function in the loop's package (python/ferroloop/*.py, uvloop/*.py)
 #   asyncio_c   asyncio's C accelerator (_asyncio: Future, Task steps)
+#   asyncio_py  a Python function of asyncio (streams, sslproto, base_events, ...)
+#   app_py      any other Python function: the framework, the application, the stdlib
+#               modules they use
 #   ext         a C extension in site-packages: the framework's (httptools, multidict, yarl,
 #               aiohttp's parser, asyncpg's protocol, pydantic-core, websockets' speedups)
 #   tls         OpenSSL (libssl, libcrypto, _ssl)
 #   other       no such frame (libc or the interpreter alone, a broken unwind)
-# py-spy (Python frames only; on 3.11 its --native cannot merge inlined Python calls) then
-# splits "python" by the file of the innermost Python frame: the loop's Python code
-# (python/ferroloop/*.py, uvloop/*.py), asyncio's Python code, everything else (the
-# framework, the application and the stdlib modules they use).
+# Python functions show in perf's stacks on 3.12+ with the perf trampoline (PYTHONPERFSUPPORT=1:
+# a "py::function:file" frame above each _PyEval_EvalFrameDefault). On 3.11 they do not: a
+# sample that reaches _PyEval_EvalFrameDefault first counts as "python" (Python code with the
+# builtins it calls), and a second run under py-spy (Python frames only: its --native cannot
+# merge 3.11's inlined Python calls) bounds the loop's and asyncio's Python parts from above: the
+# share of samples whose innermost Python frame is theirs (this includes the native code and
+# system calls made from those frames, so it overstates them).
 
-CATEGORIES = ["kernel", "loop", "python", "asyncio_c", "ext", "tls", "other"]
+CATEGORIES = [
+    "kernel",
+    "loop",
+    "loop_py",
+    "asyncio_c",
+    "asyncio_py",
+    "app_py",
+    "python",
+    "ext",
+    "tls",
+    "other",
+]
 LOOP_DSO = {"ferroloop": "_ferroloop", "uvloop": "/uvloop/", "rloop": "/rloop/"}
-LOOP_PKG = {
-    "ferroloop": "ferroloop/",
-    "uvloop": "uvloop/",
-    "rloop": "rloop/",
-    "asyncio": "asyncio/",
-}
+LOOP_PKG = {"ferroloop": "ferroloop/", "uvloop": "uvloop/", "rloop": "rloop/"}
+
+
+def trampolines() -> bool:
+    """Whether the workers' Python has the perf trampoline (3.12+ on Linux x86-64/arm64)."""
+    return sys.version_info >= (3, 12) and hasattr(sys, "activate_stack_trampoline")
 
 
 def _short_dso(path: str) -> str:
@@ -968,15 +986,27 @@ def _short_dso(path: str) -> str:
     return base
 
 
-def classify_dso(path: str, sym: str, loop: str) -> str | None:
-    """The category a native frame decides, or None to keep walking up."""
+def classify_py_file(file: str, loop: str) -> str:
+    """loop_py / asyncio_py / app_py for a Python source path (absolute, or as py-spy shows
+    it: relative to its sys.path entry)."""
+    pkg = LOOP_PKG.get(loop)
+    if pkg and (file.startswith(pkg) or f"/{pkg}" in file):
+        return "loop_py"
+    # The stdlib's asyncio package (not, say, redis/asyncio/).
+    if file.startswith("asyncio/") or re.search(r"/lib/python3\.\d+/asyncio/", file):
+        return "asyncio_py"
+    return "app_py"
+
+
+def classify_frame(path: str, sym: str, loop: str) -> str | None:
+    """The category a frame decides, or None to keep walking up."""
     if path.startswith("[kernel") or path == "[unknown]" and sym.startswith("0xffff"):
         return "kernel"
+    if sym.startswith("py::"):  # the perf trampoline: py::qualname:/path/file.py
+        return classify_py_file(sym.rsplit(":", 1)[-1], loop)
     marker = LOOP_DSO.get(loop)
     if marker and marker in path:
         return "loop"
-    if sym == "_PyEval_EvalFrameDefault":
-        return "python"
     base = os.path.basename(path)
     if base.startswith("_asyncio."):
         return "asyncio_c"
@@ -987,92 +1017,192 @@ def classify_dso(path: str, sym: str, loop: str) -> str | None:
     return None
 
 
-def perf_samples(path: str) -> list[list[tuple[str, str, list[str]]]]:
-    """Call chains from ``perf script``: per sample, frames from the leaf up, each as (dso, the
-    symbol, the functions inlined at that address, innermost first)."""
+Frame = tuple[str, str, str, list[tuple[str, str]]]  # dso, symbol, its source line, inlined
+
+
+def perf_samples(path: str, pid: int) -> list[list[Frame]]:
+    """Call chains from ``perf script`` of process ``pid`` (perf -p also follows the children
+    started after it attached, e.g. wrk): per sample, frames from the leaf up, each as (dso,
+    symbol, source line, [(function, source line) inlined at that address, innermost first])."""
     proc = subprocess.run(
-        ["perf", "script", "-i", path, "-F", "ip,sym,dso"],
+        ["perf", "script", "-i", path, "-F", "pid,ip,sym,dso,srcline"],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"perf script: {proc.stderr.strip()[-300:]}")
-    line_re = re.compile(r"^\s*([0-9a-f]+)\s+(.*?)\s+\(([^()]*)\)$")
-    samples: list[list[tuple[str, str, list[str]]]] = []
-    frames: list[tuple[str, str, list[str]]] = []
+    frame_re = re.compile(r"^\t\s*([0-9a-f]+)\s+(.*)$")
+    samples: list[list[Frame]] = []
+    frames: list[Frame] = []
+    keep = True
+    # The current address: its lines as [symbol, dso or None, source line, inlined?].
+    group: list[list[Any]] = []
     group_ip = None
-    inl: list[str] = []
-    phys: tuple[str, str] | None = None
 
     def flush_group() -> None:
-        nonlocal inl, phys
-        if phys is not None or inl:
-            dso, sym = phys if phys is not None else ("[unknown]", inl[0])
-            frames.append((dso, sym, inl))
-        inl, phys = [], None
+        nonlocal group
+        if group:
+            phys = next((g for g in group if not g[3]), None) or group[-1]
+            inl = [(g[0], g[2]) for g in group if g is not phys]
+            frames.append((phys[1] or "[unknown]", phys[0], phys[2], inl))
+        group = []
+
+    def end_sample() -> None:
+        nonlocal frames, group_ip
+        flush_group()
+        if frames and keep:
+            samples.append(frames)
+        frames, group_ip = [], None
 
     for line in proc.stdout.splitlines():
         if not line.strip():
-            flush_group()
-            if frames:
-                samples.append(frames)
-            frames, group_ip = [], None
+            end_sample()
             continue
-        m = line_re.match(line)
-        if not m:
+        if re.fullmatch(r"\s*\d+\s*", line):  # a sample's header: its pid
+            end_sample()
+            keep = line.strip() == str(pid)
             continue
-        ip, sym, dso = m.groups()
-        if ip != group_ip:
-            flush_group()
-            group_ip = ip
-        if dso == "inlined":
-            inl.append(sym)
-        else:
-            phys = (dso, sym)
-    flush_group()
-    if frames:
-        samples.append(frames)
+        if line.startswith("\t"):
+            m = frame_re.match(line)
+            if not m:
+                continue
+            ip, rest = m.groups()
+            dso = None
+            dm = re.match(r"^(.*?)\s+\(([/\[][^()]*)\)$", rest)
+            sym = rest
+            if dm:
+                sym, dso = dm.groups()
+            if ip != group_ip:
+                flush_group()
+                group_ip = ip
+            group.append([sym, dso, "", dso is None])
+        elif group:  # the source line of the frame above
+            src = line.strip()
+            group[-1][3] = src.endswith("(inlined)") or group[-1][1] is None
+            group[-1][2] = src.removesuffix("(inlined)").strip()
+    end_sample()
     return samples
 
 
 def _clean_sym(sym: str) -> str:
     sym = re.sub(r"<[^<>]*(?:<[^<>]*>[^<>]*)*>", "<>", sym)  # drop generic arguments
-    return sym[:100]
+    if sym.startswith("py::"):
+        name, _, file = sym[4:].rpartition(":")
+        sym = f"{name} ({_py_short(file)})"
+    return sym[:110]
 
 
-def analyse_perf(path: str, loop: str) -> dict[str, Any]:
+def _py_short(file: str) -> str:
+    for marker in ("site-packages/", "/python/", "lib/python3.", "/bench/"):
+        if marker in file:
+            rest = file.split(marker, 1)[1]
+            return rest.split("/", 1)[1] if marker == "lib/python3." else rest
+    return os.path.basename(file)
+
+
+# ferroloop's sources, to name the function around a line perf reports (base names; mod.rs
+# and lib.rs are ambiguous and left out). FERROLOOP_SRC_DIR: the sources the measured build
+# came from, when the work tree has moved on since.
+FERRO_SRC_DIR = os.environ.get("FERROLOOP_SRC_DIR") or os.path.join(ROOT, "src")
+FERRO_SRC = {
+    f: os.path.join(d, f)
+    for d, _s, files in os.walk(FERRO_SRC_DIR)
+    for f in files
+    if f.endswith(".rs") and f not in ("mod.rs", "lib.rs")
+}
+_FN_RE = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?(?:unsafe\s+)?(?:extern \"C\"\s+)?fn\s+(\w+)")
+_fn_cache: dict[str, list[str]] = {}
+
+
+def _enclosing_fn(src_line: str) -> str | None:
+    """'stream.rs:808' -> the name of the innermost fn declared at or above that line."""
+    file, _, num = src_line.partition(":")
+    path = FERRO_SRC.get(file)
+    if path is None or not num.isdigit():
+        return None
+    if path not in _fn_cache:
+        with open(path, errors="replace") as f:
+            _fn_cache[path] = f.read().splitlines()
+    lines = _fn_cache[path]
+    for i in range(min(int(num), len(lines)) - 1, -1, -1):
+        m = _FN_RE.match(lines[i])
+        if m:
+            return m.group(1)
+    return None
+
+
+def _loop_where(frame: Frame, loop: str) -> str:
+    """A loop frame as 'fn (file:line)': for ferroloop the innermost inlined code that is
+    ferroloop's own (not pyo3's, std's or CPython's inline helpers)."""
+    dso, sym, src, inl = frame
+    if loop == "ferroloop":
+        for _name, line in [*inl, (sym, src)]:
+            if line.split(":", 1)[0] in FERRO_SRC:
+                return f"{_enclosing_fn(line) or _clean_sym(_name)} ({line})"
+    return _clean_sym(sym)
+
+
+_PYMETHOD_RE = re.compile(r"(?:(\w+)::)?__pymethod_(?:get_|set_)?(\w+?)__")
+_PYX_RE = re.compile(r"__pyx_pw_6uvloop_4loop_\d+(\w+?)_\d+(\w+)$")
+
+
+def _loop_entry(frames: list[Frame], i: int, loop: str) -> str:
+    """Which of the loop's entry points the time belongs to: the outermost Python-callable
+    method of the loop (a pyo3 #[pymethods] wrapper, a Cython def) in the native stretch that
+    holds frame ``i`` (up to the Python code that called it)."""
+    entry = None
+    outer = frames[i]
+    for f in frames[i:]:
+        if f[1].startswith("py::") or f[1] == "_PyEval_EvalFrameDefault":
+            break
+        if classify_frame(f[0], f[1], loop) != "loop":
+            continue
+        outer = f
+        for name in [n for n, _ in f[3]] + [f[1]]:
+            m = _PYMETHOD_RE.search(name) or _PYX_RE.search(name)
+            if m:
+                cls, meth = m.groups()
+                entry = f"{cls}.{meth}" if cls else meth
+    return entry or re.sub(r"^_ferroloop::", "", _clean_sym(outer[1]))
+
+
+def analyse_perf(path: str, loop: str, pid: int) -> dict[str, Any]:
     counts: Counter[str] = Counter()
-    loop_funcs: Counter[str] = Counter()  # where in the loop's module the walk stopped
+    loop_where: Counter[str] = Counter()  # where in the loop's code the walk stopped
+    loop_entry: Counter[str] = Counter()  # through which entry point of the loop
     loop_leaf: Counter[str] = Counter()  # what was running (the loop itself, malloc, ...)
+    py_funcs: dict[str, Counter[str]] = {"loop_py": Counter(), "asyncio_py": Counter()}
     syscalls: Counter[str] = Counter()  # kernel samples by the user-space caller
     ext: Counter[str] = Counter()
     other: Counter[str] = Counter()
-    samples = perf_samples(path)
+    samples = perf_samples(path, pid)
     for frames in samples:
         cat = None
-        for i, (dso, sym, inl) in enumerate(frames):
-            cat = classify_dso(dso, sym, loop)
+        for i, frame in enumerate(frames):
+            dso, sym = frame[0], frame[1]
+            if sym == "_PyEval_EvalFrameDefault":
+                # With the trampoline the Python function is the next frame up.
+                nxt = frames[i + 1][1] if i + 1 < len(frames) else ""
+                if nxt.startswith("py::"):
+                    continue
+                cat = "python"
+                break
+            cat = classify_frame(dso, sym, loop)
+            if cat is None:
+                continue
             if cat == "kernel":
-                caller = next(
-                    (f for f in frames[i:] if not classify_dso(f[0], f[1], loop) == "kernel"),
-                    None,
-                )
-                who = "?"
-                if caller is not None:
-                    who = f"{_clean_sym(caller[1])} ({_short_dso(caller[0])})"
-                syscalls[who] += 1
-                break
-            if cat == "loop":
-                loop_funcs[_clean_sym(inl[0] if inl else sym)] += 1
-                leaf = frames[0]
-                loop_leaf[f"{_clean_sym(leaf[1])} ({_short_dso(leaf[0])})"] += 1
-                break
-            if cat == "ext":
+                caller = next((f for f in frames[i:] if not f[0].startswith("[kernel")), None)
+                syscalls[_clean_sym(caller[1]) if caller else "?"] += 1
+            elif cat == "loop":
+                loop_where[_loop_where(frame, loop)] += 1
+                loop_entry[_loop_entry(frames, i, loop)] += 1
+                loop_leaf[f"{_clean_sym(frames[0][1])} ({_short_dso(frames[0][0])})"] += 1
+            elif cat in py_funcs:
+                py_funcs[cat][_clean_sym(sym)] += 1
+            elif cat == "ext":
                 ext[_short_dso(dso)] += 1
-                break
-            if cat is not None:
-                break
+            break
         if cat is None:
             cat = "other"
             other[f"{_clean_sym(frames[0][1])} ({_short_dso(frames[0][0])})"] += 1
@@ -1081,8 +1211,11 @@ def analyse_perf(path: str, loop: str) -> dict[str, Any]:
     return {
         "samples": total,
         "shares": {c: counts[c] / total if total else 0.0 for c in CATEGORIES},
-        "loop_functions": loop_funcs.most_common(25),
+        "loop_entries": loop_entry.most_common(20),
+        "loop_functions": loop_where.most_common(30),
         "loop_leaf": loop_leaf.most_common(15),
+        "loop_py_functions": py_funcs["loop_py"].most_common(15),
+        "asyncio_py_functions": py_funcs["asyncio_py"].most_common(15),
         "kernel_by_caller": syscalls.most_common(10),
         "ext_modules": ext.most_common(10),
         "other": other.most_common(10),
@@ -1095,12 +1228,10 @@ def _pyspy_frame(frame: str) -> tuple[str, str]:
 
 
 def analyse_pyspy(path: str, loop: str) -> dict[str, Any]:
-    """Shares of the innermost Python frame's owner, over the samples where Python code (not
-    the loop's native code) was innermost."""
+    """Shares of all on-CPU samples by the owner of the innermost Python frame (upper bounds
+    for the Python code of the loop and of asyncio, see above)."""
     counts: Counter[str] = Counter()
     funcs: dict[str, Counter[str]] = {"loop_py": Counter(), "asyncio_py": Counter()}
-    native = 0
-    loop_pkg = LOOP_PKG.get(loop, "")
     with open(path) as f:
         for line in f:
             stack, _, n = line.rstrip("\n").rpartition(" ")
@@ -1108,37 +1239,27 @@ def analyse_pyspy(path: str, loop: str) -> dict[str, Any]:
                 continue
             func, file = _pyspy_frame(stack.split(";")[-1])
             base = os.path.basename(file)
-            if (base == "bench_apps.py" and func in ("_drive", "<module>")) or base in (
-                "_harness.py",
-            ):
-                native += int(n)  # the loop's native code (or the kernel) is running
-                continue
             if (
+                base == "bench_apps.py" and func in ("_drive", "<module>")
+            ) or base == "_harness.py":
+                cat = "native"  # the loop's native code (or the kernel) is running
+            elif (
                 loop == "ferroloop"
                 and file.endswith("ferroloop/_loop.py")
-                and func
-                in (
-                    "Loop.run_forever",
-                    "Loop.run_until_complete",
-                )
+                and func in ("Loop.run_forever", "Loop.run_until_complete")
             ):
-                native += int(n)
-                continue
-            if loop_pkg and file.startswith(loop_pkg):
-                cat = "loop_py"
-            elif file.startswith("asyncio/"):
-                cat = "asyncio_py"
+                cat = "native"
             else:
-                cat = "app_py"
+                cat = classify_py_file(file, loop)
             counts[cat] += int(n)
             if cat in funcs:
                 funcs[cat][f"{func} ({file})"] += int(n)
     total = sum(counts.values())
     return {
         "samples": total,
-        "native_samples": native,
         "shares": {
-            c: counts[c] / total if total else 0.0 for c in ("loop_py", "asyncio_py", "app_py")
+            c: counts[c] / total if total else 0.0
+            for c in ("native", "loop_py", "asyncio_py", "app_py")
         },
         "loop_py_functions": funcs["loop_py"].most_common(15),
         "asyncio_py_functions": funcs["asyncio_py"].most_common(15),
@@ -1155,15 +1276,25 @@ SPLIT_COLUMNS = [
 ]
 
 
-def combine(perf: dict[str, Any], spy: dict[str, Any]) -> dict[str, float]:
-    s, p = perf["shares"], spy["shares"]
-    py = s["python"]
+def combine(perf: dict[str, Any], spy: dict[str, Any] | None) -> dict[str, float]:
+    s = perf["shares"]
+    loop_py, asyncio_py, app_py = s["loop_py"], s["asyncio_py"], s["app_py"]
+    py = s["python"]  # 3.11: Python code the trampoline would have named
+    if py and spy is not None:
+        p = spy["shares"]
+        bound_loop = min(py, p["loop_py"])
+        bound_asyncio = min(py - bound_loop, p["asyncio_py"])
+        loop_py += bound_loop
+        asyncio_py += bound_asyncio
+        app_py += py - bound_loop - bound_asyncio
+    else:
+        app_py += py
     return {
         "kernel": s["kernel"],
         "loop_native": s["loop"],
-        "loop_python": py * p["loop_py"],
-        "asyncio": s["asyncio_c"] + py * p["asyncio_py"],
-        "app": s["ext"] + py * p["app_py"],
+        "loop_python": loop_py,
+        "asyncio": s["asyncio_c"] + asyncio_py,
+        "app": s["ext"] + app_py,
         "other": s["tls"] + s["other"],
     }
 
@@ -1185,34 +1316,62 @@ def run_profiles(args: argparse.Namespace, rows: list[str], loops: list[str]) ->
     script = os.path.abspath(__file__)
     outdir = args.profile_dir or tempfile.mkdtemp(prefix="ferroloop-bench-apps-profile-")
     os.makedirs(outdir, exist_ok=True)
+    try:
+        return _run_profiles(args, rows, loops, script, outdir)
+    finally:
+        if not args.profile_dir:
+            shutil.rmtree(outdir, ignore_errors=True)  # ~50 MB of perf data per profile
+
+
+def _run_profiles(
+    args: argparse.Namespace, rows: list[str], loops: list[str], script: str, outdir: str
+) -> int:
     rates = _load_rates(args.rates)
     if shutil.which("perf") is None:
         print("error: perf not found (apt-get install linux-perf)")
         return 2
-    print(f"# profiles in {outdir}; load average {_harness._loadavg()}", flush=True)
+    exact = trampolines()
+    kinds = ("perf",) if exact else ("perf", "pyspy")
+    how = (
+        "perf with the perf trampoline (Python functions named)"
+        if exact
+        else "perf, and py-spy for the Python part"
+    )
+    print(f"# {how}; profiles in {outdir}; load average {_harness._loadavg()}", flush=True)
     results: dict[str, dict[str, Any]] = {}
     failed = False
     for r in rows:
         for loop in loops:
             rec: dict[str, Any] = {}
-            for kind in ("perf", "pyspy"):
+            for kind in kinds:
                 out = os.path.join(outdir, f"{r}-{loop}.{kind}")
                 os.environ[ENV_PROFILE] = f"{kind}:{out}"
+                if exact:
+                    os.environ["PYTHONPERFSUPPORT"] = "1"
                 try:
                     res = _harness._spawn(script, loop, r, args.quick, timeout=180)
                 finally:
                     os.environ.pop(ENV_PROFILE, None)
+                    os.environ.pop("PYTHONPERFSUPPORT", None)
                 if res.get("status") != "ok" or not os.path.exists(out):
                     rec["error"] = f"{kind}: {res.get('error', 'no profile written')}"
                     break
                 rec[f"{kind}_run"] = res.get("extra", {})
                 rec[f"{kind}_rate"] = res["ops"]
-                rec[kind] = analyse_perf(out, loop) if kind == "perf" else analyse_pyspy(out, loop)
+                if kind == "perf":
+                    pid = int(res["extra"]["pid"])
+                    try:
+                        rec[kind] = analyse_perf(out, loop, pid)
+                    finally:
+                        with contextlib.suppress(OSError):
+                            os.unlink(f"/tmp/perf-{pid}.map")  # the trampoline's symbols
+                else:
+                    rec[kind] = analyse_pyspy(out, loop)
             if "error" in rec:
                 failed = True
                 print(f"{r} / {loop}: {rec['error']}", flush=True)
             else:
-                rec["split"] = combine(rec["perf"], rec["pyspy"])
+                rec["split"] = combine(rec["perf"], rec.get("pyspy"))
                 rate = rates.get((r, loop)) or rec["perf_rate"]
                 share = rec["split"]["loop_native"] + rec["split"]["loop_python"]
                 rec["rate"] = rate
@@ -1221,16 +1380,24 @@ def run_profiles(args: argparse.Namespace, rows: list[str], loops: list[str]) ->
                 sp = rec["split"]
                 print(
                     f"{r} / {loop}: {fmt_rate(rate)}/s, "
-                    + ", ".join(f"{k} {sp[k]:.0%}" for k, _ in SPLIT_COLUMNS)
+                    + ", ".join(f"{k} {sp[k]:.1%}" for k, _ in SPLIT_COLUMNS)
                     + f", limit {fmt_rate(rec['limit'])}/s",
                     flush=True,
                 )
             results.setdefault(r, {})[loop] = rec
-    lines = render_profile(rows, loops, results)
+    lines = render_profile(rows, loops, results, exact)
     print()
     print("\n".join(lines))
     meta = _harness.machine_info(loops, script)
-    meta.update({"quick": args.quick, "profile_dir": outdir, "loadavg_end": _harness._loadavg()})
+    meta.update(
+        {
+            "quick": args.quick,
+            "profile_dir": outdir,
+            "trampoline": exact,
+            "loadavg_end": _harness._loadavg(),
+            "duration_s": window(args.quick)[1],
+        }
+    )
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -1243,15 +1410,21 @@ def run_profiles(args: argparse.Namespace, rows: list[str], loops: list[str]) ->
     return 1 if failed else 0
 
 
-def render_profile(rows: list[str], loops: list[str], results: dict) -> list[str]:
+def render_profile(rows: list[str], loops: list[str], results: dict, exact: bool) -> list[str]:
+    how = (
+        "perf cpu-clock with DWARF call chains and the perf trampoline"
+        if exact
+        else "perf cpu-clock with DWARF call chains; the loop's and asyncio's Python parts are "
+        "py-spy upper bounds"
+    )
     out = [
-        "Where the CPU time of the loop's process goes (% of its samples; perf cpu-clock with "
-        "DWARF call chains, Python code split by py-spy):",
+        f"Where the CPU time of the loop's process goes (% of its samples; {how}; Python "
+        f"{sys.version.split()[0]}):",
         "",
-        "| row | loop | rate | CPU us/req | "
+        "| row | loop | rate | CPU us/req | busy | "
         + " | ".join(t for _, t in SPLIT_COLUMNS)
         + " | limit (loop free) |",
-        "|---|---|--:|--:|" + "--:|" * len(SPLIT_COLUMNS) + "--:|",
+        "|---|---|--:|--:|--:|" + "--:|" * len(SPLIT_COLUMNS) + "--:|",
     ]
     for r in rows:
         title = _harness.ROWS[r].title
@@ -1259,14 +1432,17 @@ def render_profile(rows: list[str], loops: list[str], results: dict) -> list[str
             rec = results.get(r, {}).get(loop)
             if rec is None or "split" not in rec:
                 err = rec.get("error", "-") if rec else "-"
-                out.append(f"| {title} | {loop} | error: {err} |" + " |" * (len(SPLIT_COLUMNS) + 2))
+                out.append(f"| {title} | {loop} | error: {err} |" + " |" * (len(SPLIT_COLUMNS) + 3))
                 continue
             sp = rec["split"]
             cpu = rec["perf_run"].get("cpu_us_per_req")
+            busy = rec["perf_run"].get("busy")
             cells = [f"{sp[k] * 100:.1f}" for k, _ in SPLIT_COLUMNS]
             out.append(
                 f"| {title} | {loop} | {fmt_rate(rec['rate'])} | "
                 + (f"{cpu:.1f}" if cpu else "-")
+                + " | "
+                + (f"{busy:.0%}" if busy is not None else "-")
                 + " | "
                 + " | ".join(cells)
                 + f" | {fmt_rate(rec['limit'])} |"
@@ -1278,38 +1454,27 @@ def render_profile(rows: list[str], loops: list[str], results: dict) -> list[str
                 continue
             out.append("")
             out.append(f"{_harness.ROWS[r].title} / {loop}:")
-            top = rec["perf"]["loop_functions"][:8]
-            n = rec["perf"]["samples"] or 1
-            if top:
-                out.append(
-                    "  loop native, by function: "
-                    + "; ".join(f"{name} {c / n:.1%}" for name, c in top)
-                )
-            leaf = rec["perf"]["loop_leaf"][:6]
-            if leaf:
-                out.append(
-                    "  loop native, by leaf: "
-                    + "; ".join(f"{name} {c / n:.1%}" for name, c in leaf)
-                )
-            glue = rec["pyspy"]["loop_py_functions"][:6]
-            if glue:
-                tot = rec["pyspy"]["samples"] or 1
-                out.append(
-                    "  loop Python (share of Python time): "
-                    + "; ".join(f"{name} {c / tot:.1%}" for name, c in glue)
-                )
-            aio = rec["pyspy"]["asyncio_py_functions"][:6]
-            if aio:
-                tot = rec["pyspy"]["samples"] or 1
-                out.append(
-                    "  asyncio Python (share of Python time): "
-                    + "; ".join(f"{name} {c / tot:.1%}" for name, c in aio)
-                )
-            sysc = rec["perf"]["kernel_by_caller"][:6]
-            if sysc:
-                out.append(
-                    "  kernel, by caller: " + "; ".join(f"{name} {c / n:.1%}" for name, c in sysc)
-                )
+            perf = rec["perf"]
+            n = perf["samples"] or 1
+
+            def top(items: list, k: int, denom: int = n) -> str:
+                return "; ".join(f"{name} {c / denom:.1%}" for name, c in items[:k])
+
+            if perf["loop_functions"]:
+                out.append("  loop native, by entry point: " + top(perf["loop_entries"], 8))
+                out.append("  loop native, by function: " + top(perf["loop_functions"], 8))
+                out.append("  loop native, by leaf: " + top(perf["loop_leaf"], 6))
+            spy = rec.get("pyspy")
+            for key, what in (("loop_py_functions", "loop"), ("asyncio_py_functions", "asyncio")):
+                if perf[key]:
+                    out.append(f"  {what} Python: " + top(perf[key], 6))
+                elif spy and spy[key]:
+                    out.append(
+                        f"  {what} Python (py-spy, innermost frame, share of all samples): "
+                        + top(spy[key], 6, spy["samples"] or 1)
+                    )
+            if perf["kernel_by_caller"]:
+                out.append("  kernel, by caller: " + top(perf["kernel_by_caller"], 6))
     return out
 
 
