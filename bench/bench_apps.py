@@ -1277,16 +1277,18 @@ SPLIT_COLUMNS = [
 
 
 def combine(perf: dict[str, Any], spy: dict[str, Any] | None) -> dict[str, float]:
+    """The table's columns from perf's categories. Without the trampoline (3.11) perf cannot
+    tell whose Python code ran: the loop's Python part is then py-spy's upper bound, and
+    asyncio's Python code stays in the framework + app column (py-spy's bound for it is far
+    too loose to split it out: asyncio's StreamWriter.write is the innermost Python frame of
+    every send system call that redis-py makes)."""
     s = perf["shares"]
     loop_py, asyncio_py, app_py = s["loop_py"], s["asyncio_py"], s["app_py"]
     py = s["python"]  # 3.11: Python code the trampoline would have named
     if py and spy is not None:
-        p = spy["shares"]
-        bound_loop = min(py, p["loop_py"])
-        bound_asyncio = min(py - bound_loop, p["asyncio_py"])
+        bound_loop = min(py, spy["shares"]["loop_py"])
         loop_py += bound_loop
-        asyncio_py += bound_asyncio
-        app_py += py - bound_loop - bound_asyncio
+        app_py += py - bound_loop
     else:
         app_py += py
     return {
@@ -1414,8 +1416,9 @@ def render_profile(rows: list[str], loops: list[str], results: dict, exact: bool
     how = (
         "perf cpu-clock with DWARF call chains and the perf trampoline"
         if exact
-        else "perf cpu-clock with DWARF call chains; the loop's and asyncio's Python parts are "
-        "py-spy upper bounds"
+        else "perf cpu-clock with DWARF call chains; without the perf trampoline, loop Python "
+        "is py-spy's upper bound, asyncio is its C accelerator only and asyncio's Python code "
+        "counts under framework + app"
     )
     out = [
         f"Where the CPU time of the loop's process goes (% of its samples; {how}; Python "
