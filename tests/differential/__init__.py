@@ -30,6 +30,7 @@ import contextvars
 import os
 import re
 import socket
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -191,7 +192,7 @@ class World:
     def before_close(self) -> None:
         """Subclasses close transports, retrieve exceptions, cancel tasks here."""
 
-    def close(self) -> None:
+    def dispose(self) -> None:
         loop = self.loop
         try:
             if not loop.is_closed():
@@ -209,6 +210,17 @@ class World:
 
 class TraceMismatch(AssertionError):
     pass
+
+
+def short(value: Any) -> Any:
+    """For messages: long bytes shortened to their start, length and checksum."""
+    if isinstance(value, bytes | bytearray) and len(value) > 24:
+        return f"<{bytes(value[:12])!r}... {len(value)} bytes, crc {zlib.crc32(value):08x}>"
+    if isinstance(value, tuple):
+        return tuple(short(v) for v in value)
+    if isinstance(value, list):
+        return [short(v) for v in value]
+    return value
 
 
 def _tie_runs_sorted(trace: list[tuple]) -> list[tuple]:
@@ -273,8 +285,8 @@ class DiffMachine(RuleBasedStateMachine):
         lo = max(0, i - 8)
         lines = [f"traces differ at event {i} ({a.kind} | {b.kind}):"]
         for j in range(lo, max(len(ta), len(tb))):
-            x = ta[j] if j < len(ta) else "-"
-            y = tb[j] if j < len(tb) else "-"
+            x = short(ta[j]) if j < len(ta) else "-"
+            y = short(tb[j]) if j < len(tb) else "-"
             mark = "  " if x == y else "!!"
             lines.append(f"{mark} {j}: {x!r}\n{' ' * (len(str(j)) + 5)}{y!r}")
             if j > i + 12:
@@ -285,7 +297,7 @@ class DiffMachine(RuleBasedStateMachine):
         errors = []
         for w in self.worlds:
             try:
-                w.close()
+                w.dispose()
             except Exception as exc:  # pragma: no cover - reported below
                 errors.append(exc)
         if errors:

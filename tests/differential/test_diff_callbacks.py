@@ -8,7 +8,6 @@ import asyncio
 import contextvars
 import threading
 
-import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, consumes, multiple, rule
 
@@ -248,6 +247,5 @@ def test_callbacks_differential():
     run_machine(CallbackMachine)
 
 
-@pytest.mark.parametrize("weight", [0.5])
-def test_callbacks_differential_debug(weight):
-    run_machine(DebugCallbackMachine, weight)
+def test_callbacks_differential_debug():
+    run_machine(DebugCallbackMachine, 0.5)
