@@ -912,22 +912,42 @@ def nginx_server():
 # Report: CPU per request
 
 
+def median_cpu(cell: Any) -> tuple[float, float] | None:
+    """(CPU, user) us per request of the loop's process, medians over the cell's rounds."""
+    extras = [e for e in cell.extras if "cpu_us_per_req" in e]
+    if not extras:
+        return None
+    return (
+        statistics.median(e["cpu_us_per_req"] for e in extras),
+        statistics.median(e["user_us_per_req"] for e in extras),
+    )
+
+
 def cpu_epilogue(rows: list[Any], loops: list[str], cells: dict, baseline: str | None) -> list[str]:
-    """Median CPU time per request of the loop's process (user part in brackets)."""
+    """Median CPU time per request of the loop's process (user part in brackets), and each
+    loop's CPU efficiency against the baseline's: baseline us/req / loop us/req. The rate on a
+    machine where the loop's process has a core to itself is about 1 / (CPU per request), so
+    this ratio predicts the rate ratio of a quiet machine, and other load disturbs it far less
+    than the rates."""
     out = ["CPU per request of the loop's process, median over rounds, us (user part):"]
     width = max(len(r.title) for r in rows)
-    out.append("  " + "row".ljust(width) + "".join(f"  {n:>16}" for n in loops))
+    others = [n for n in loops if n != baseline] if baseline else []
+    head = "".join(f"  {n:>16}" for n in loops)
+    head += "".join(f"  {n + ' eff.':>16}" for n in others)
+    out.append("  " + "row".ljust(width) + head)
     for r in rows:
         parts = []
+        med = {name: median_cpu(cells[r.key, name]) for name in loops}
         for name in loops:
-            extras = [e for e in cells[r.key, name].extras if "cpu_us_per_req" in e]
-            if not extras:
-                parts.append("-")
-                continue
-            cpu = statistics.median(e["cpu_us_per_req"] for e in extras)
-            user = statistics.median(e["user_us_per_req"] for e in extras)
-            parts.append(f"{cpu:.1f} ({user:.1f})")
+            m = med[name]
+            parts.append(f"{m[0]:.1f} ({m[1]:.1f})" if m else "-")
+        base = med.get(baseline) if baseline else None
+        for name in others:
+            m = med[name]
+            parts.append(f"{base[0] / m[0]:.2f}x" if m and base else "-")
         out.append("  " + r.title.ljust(width) + "".join(f"  {p:>16}" for p in parts))
+    if others:
+        out.append(f"  (eff.: {baseline}'s CPU per request / the loop's; > 1 = less CPU)")
     return out
 
 
@@ -1376,9 +1396,17 @@ def _run_profiles(
                 rec["split"] = combine(rec["perf"], rec.get("pyspy"))
                 rate = rates.get((r, loop)) or rec["perf_rate"]
                 share = rec["split"]["loop_native"] + rec["split"]["loop_python"]
+                rec["loop_share"] = share
                 rec["rate"] = rate
                 rec["rate_source"] = "--rates" if (r, loop) in rates else "profiled run"
                 rec["limit"] = rate / (1 - share) if share < 1 else None
+                # Requests per CPU second of the loop's process (what a core to itself would
+                # serve), and the same with a loop that costs nothing.
+                cpu_us = rec["perf_run"].get("cpu_us_per_req")
+                rec["per_cpu_s"] = 1e6 / cpu_us if cpu_us else None
+                rec["limit_per_cpu_s"] = (
+                    rec["per_cpu_s"] / (1 - share) if cpu_us and share < 1 else None
+                )
                 sp = rec["split"]
                 print(
                     f"{r} / {loop}: {fmt_rate(rate)}/s, "
@@ -1426,8 +1454,8 @@ def render_profile(rows: list[str], loops: list[str], results: dict, exact: bool
         "",
         "| row | loop | rate | CPU us/req | busy | "
         + " | ".join(t for _, t in SPLIT_COLUMNS)
-        + " | limit (loop free) |",
-        "|---|---|--:|--:|--:|" + "--:|" * len(SPLIT_COLUMNS) + "--:|",
+        + " | limit (loop free) | req per CPU-s | limit per CPU-s |",
+        "|---|---|--:|--:|--:|" + "--:|" * len(SPLIT_COLUMNS) + "--:|--:|--:|",
     ]
     for r in rows:
         title = _harness.ROWS[r].title
@@ -1435,7 +1463,7 @@ def render_profile(rows: list[str], loops: list[str], results: dict, exact: bool
             rec = results.get(r, {}).get(loop)
             if rec is None or "split" not in rec:
                 err = rec.get("error", "-") if rec else "-"
-                out.append(f"| {title} | {loop} | error: {err} |" + " |" * (len(SPLIT_COLUMNS) + 3))
+                out.append(f"| {title} | {loop} | error: {err} |" + " |" * (len(SPLIT_COLUMNS) + 5))
                 continue
             sp = rec["split"]
             cpu = rec["perf_run"].get("cpu_us_per_req")
@@ -1448,7 +1476,8 @@ def render_profile(rows: list[str], loops: list[str], results: dict, exact: bool
                 + (f"{busy:.0%}" if busy is not None else "-")
                 + " | "
                 + " | ".join(cells)
-                + f" | {fmt_rate(rec['limit'])} |"
+                + f" | {fmt_rate(rec['limit'])} | {fmt_rate(rec.get('per_cpu_s'))}"
+                + f" | {fmt_rate(rec.get('limit_per_cpu_s'))} |"
             )
     for r in rows:
         for loop in loops:
