@@ -58,6 +58,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sockops::SockWaiter>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
+    m.add_function(wrap_pyfunction!(
+        transports::face::_install_face_methods,
+        m
+    )?)?;
     m.add_class::<tls::TlsCore>()?;
     m.add_function(wrap_pyfunction!(tls::_tls_do_read, m)?)?;
     m.add_function(wrap_pyfunction!(tls::_tls_do_write, m)?)?;

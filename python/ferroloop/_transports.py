@@ -21,16 +21,9 @@ from asyncio import base_events, constants, futures, protocols, transports, trso
 from collections.abc import Callable
 from typing import Any
 
-from . import _tls
+from . import _ferroloop, _tls
 from ._ferroloop import DatagramTransport as _DatagramCore
 from ._ferroloop import StreamTransport
-
-# The native core's methods bound onto each instance, so that the calls made per message
-# reach Rust directly (see _NativeFace). Only these: every bound method costs memory per
-# connection (about 100 bytes each); the others are the class's methods below, one Python
-# call in front of the core's.
-_NATIVE_METHODS = ("write", "writelines", "is_closing")
-_NATIVE_DATAGRAM_METHODS = ("sendto", "is_closing")
 
 
 # asyncio.Server tracks its transports from Python 3.13 on (_attach/_detach take the
@@ -75,12 +68,10 @@ class _NativeFace:
     _loop: Any
     _protocol_connected: bool
 
-    def _bind_native(self, core: Any, names: tuple[str, ...]) -> None:
-        self._core = core
-        for name in names:
-            setattr(self, name, getattr(core, name))
-
-    # -- the core's methods that are not bound per instance ----------------------------------
+    # -- the core's methods ------------------------------------------------------------------
+    # The ones called per message (write, writelines, is_closing, sendto) are native method
+    # descriptors installed on the classes at the end of this module (src/transports/face.rs):
+    # no Python frame, and nothing per connection. These run once per connection or so.
 
     def close(self) -> None:
         self._core.close()
@@ -243,7 +234,7 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
         self._loop = loop
         self._server = server
         self._protocol_connected = False
-        self._bind_native(StreamTransport(loop, self._sock_fd, self), _NATIVE_METHODS)
+        self._core = StreamTransport(loop, self._sock_fd, self)
         self.set_protocol(protocol)
         if server is not None:
             server._attach(*_server_hook_args(self))
@@ -347,7 +338,7 @@ class DatagramTransport(_NativeFace, transports._FlowControlMixin, asyncio.Datag
             _SEND_EMPTY_DATAGRAMS,
             _DATAGRAM_HEADER_SIZE,
         )
-        self._bind_native(core, _NATIVE_DATAGRAM_METHODS)
+        self._core = core
         self.set_protocol(protocol)
         loop._transports[self._sock_fd] = self
         self._announce(loop, protocol, waiter)
@@ -374,3 +365,7 @@ class DatagramTransport(_NativeFace, transports._FlowControlMixin, asyncio.Datag
 
     def _polling_shown(self) -> bool:
         return self._loop is not None and not self._loop.is_closed()
+
+
+# write / writelines / is_closing and sendto / is_closing: native methods on the classes.
+_ferroloop._install_face_methods(SocketTransport, DatagramTransport)

@@ -871,13 +871,13 @@ impl DatagramTransport {
         set_reading_paused(slf, false)
     }
 
-    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+    pub(crate) fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.io.closing)
     }
 
     /// asyncio's `sendto`: checks, then an immediate send when nothing is queued, else queue.
     #[pyo3(signature = (data, addr=None))]
-    fn sendto(
+    pub(crate) fn sendto(
         slf: &Bound<'_, Self>,
         data: &Bound<'_, PyAny>,
         addr: Option<&Bound<'_, PyAny>>,

@@ -3,9 +3,11 @@
 //! `isinstance(transport, asyncio.Transport)` holds while the read and write paths run here.
 //!
 //! - [`stream`]: TCP and Unix stream sockets;
-//! - [`datagram`]: UDP and Unix datagram sockets.
+//! - [`datagram`]: UDP and Unix datagram sockets;
+//! - [`face`]: the hot methods of their Python faces, as native method descriptors.
 
 pub mod datagram;
+pub mod face;
 pub mod stream;
 
 use std::os::fd::RawFd;

@@ -722,11 +722,11 @@ impl StreamTransport {
         set_reading_paused(slf, false)
     }
 
-    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+    pub(crate) fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.io.closing)
     }
 
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         if !is_bytes_like(data) {
             return Err(PyTypeError::new_err(format!(
@@ -767,7 +767,10 @@ impl StreamTransport {
         Self::buffer_output(slf, &bytes[n..])
     }
 
-    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn writelines(
+        slf: &Bound<'_, Self>,
+        list_of_data: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let mut views = Vec::new();
         for item in list_of_data.try_iter()? {

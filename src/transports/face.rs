@@ -1,0 +1,213 @@
+//! The hot methods of the transports' Python faces (`SocketTransport.write`, `writelines`,
+//! `is_closing`; `DatagramTransport.sendto`, `is_closing`) as native method descriptors on
+//! those classes.
+//!
+//! A face keeps its native core in `self._core`. Binding the core's methods onto every
+//! instance made the calls direct but cost about 100 bytes per method per connection; a
+//! method descriptor on the class costs nothing per connection, and a call reaches the core
+//! with one attribute lookup and no Python frame (`transport.write(data)` takes CPython's
+//! method-call fast path: no bound method is created).
+
+use std::ffi::{c_char, c_int};
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use crate::fastcall::{c_method_result, install_method, MethodDef};
+use crate::transports::datagram::DatagramTransport;
+use crate::transports::stream::StreamTransport;
+
+static WRITE_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"write".as_ptr() as *const c_char,
+    ml_meth: ffi::PyMethodDefPointer { PyCFunction: write },
+    ml_flags: ffi::METH_O as c_int,
+    ml_doc: c"write(data)\n--\n\nWrite some data bytes to the transport (sent at once when nothing is queued, buffered otherwise)."
+        .as_ptr() as *const c_char,
+});
+
+static WRITELINES_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"writelines".as_ptr() as *const c_char,
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunction: writelines,
+    },
+    ml_flags: ffi::METH_O as c_int,
+    ml_doc: c"writelines(list_of_data)\n--\n\nWrite a list (or any iterable) of data bytes to the transport."
+        .as_ptr() as *const c_char,
+});
+
+static IS_CLOSING_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"is_closing".as_ptr() as *const c_char,
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunction: is_closing,
+    },
+    ml_flags: ffi::METH_NOARGS as c_int,
+    ml_doc: c"is_closing()\n--\n\nReturn True if the transport is closing or closed.".as_ptr()
+        as *const c_char,
+});
+
+static SENDTO_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"sendto".as_ptr() as *const c_char,
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: sendto,
+    },
+    ml_flags: (ffi::METH_FASTCALL | ffi::METH_KEYWORDS) as c_int,
+    ml_doc: c"sendto(data, addr=None)\n--\n\nSend data to addr (the connected peer when None)."
+        .as_ptr() as *const c_char,
+});
+
+/// Installs the descriptors on the Python face classes (called once by `_transports.py`).
+#[pyfunction]
+pub(crate) fn _install_face_methods(
+    stream_face: &Bound<'_, PyType>,
+    datagram_face: &Bound<'_, PyType>,
+) -> PyResult<()> {
+    let py = stream_face.py();
+    install_method(stream_face, &WRITE_DEF, intern!(py, "write"))?;
+    install_method(stream_face, &WRITELINES_DEF, intern!(py, "writelines"))?;
+    install_method(stream_face, &IS_CLOSING_DEF, intern!(py, "is_closing"))?;
+    install_method(datagram_face, &SENDTO_DEF, intern!(py, "sendto"))?;
+    install_method(datagram_face, &IS_CLOSING_DEF, intern!(py, "is_closing"))
+}
+
+/// `self._core`, the face's native core.
+fn core_of<'py>(face: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    face.getattr(intern!(face.py(), "_core"))
+}
+
+fn stream_core<'py>(face: &Bound<'py, PyAny>) -> PyResult<Bound<'py, StreamTransport>> {
+    Ok(core_of(face)?.cast_into::<StreamTransport>()?)
+}
+
+unsafe extern "C" fn write(
+    slf: *mut ffi::PyObject,
+    data: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls method functions with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    c_method_result(py, "transport write", || {
+        // SAFETY: METH_O: `slf` is the receiver (an instance of the face class, checked by
+        // CPython) and `data` the argument, both borrowed for the call.
+        let (slf, data) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, slf),
+                Bound::from_borrowed_ptr(py, data),
+            )
+        };
+        StreamTransport::write(&stream_core(&slf)?, &data)?;
+        Ok(py.None())
+    })
+}
+
+unsafe extern "C" fn writelines(
+    slf: *mut ffi::PyObject,
+    data: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls method functions with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    c_method_result(py, "transport writelines", || {
+        // SAFETY: METH_O, as for `write`.
+        let (slf, data) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, slf),
+                Bound::from_borrowed_ptr(py, data),
+            )
+        };
+        StreamTransport::writelines(&stream_core(&slf)?, &data)?;
+        Ok(py.None())
+    })
+}
+
+unsafe extern "C" fn is_closing(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls method functions with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    c_method_result(py, "transport is_closing", || {
+        // SAFETY: METH_NOARGS: `slf` is the receiver, borrowed for the call.
+        let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+        let core = core_of(&slf)?;
+        let closing = if let Ok(stream) = core.cast::<StreamTransport>() {
+            stream.get().is_closing(py)?
+        } else {
+            core.cast::<DatagramTransport>()?.get().is_closing(py)?
+        };
+        Ok(pyo3::types::PyBool::new(py, closing)
+            .to_owned()
+            .into_any()
+            .unbind())
+    })
+}
+
+unsafe extern "C" fn sendto(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls method functions with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    c_method_result(py, "transport sendto", || {
+        // SAFETY: METH_FASTCALL | METH_KEYWORDS: `slf` is the receiver; `args` holds the
+        // positional arguments followed by one value per name in `kwnames` (NULL or a tuple
+        // of str), all borrowed for the call.
+        let (slf, data, addr) = unsafe {
+            let npos = ffi::PyVectorcall_NARGS(nargsf as usize);
+            let nkw = if kwnames.is_null() {
+                0
+            } else {
+                ffi::PyTuple_GET_SIZE(kwnames)
+            };
+            let mut data: Option<*mut ffi::PyObject> = None;
+            let mut addr: Option<*mut ffi::PyObject> = None;
+            if npos > 2 {
+                return Err(PyTypeError::new_err(format!(
+                    "sendto() takes from 2 to 3 positional arguments but {} were given",
+                    npos + 1
+                )));
+            }
+            if npos >= 1 {
+                data = Some(*args);
+            }
+            if npos == 2 {
+                addr = Some(*args.add(1));
+            }
+            for i in 0..nkw {
+                let name = Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, i));
+                let value = *args.add((npos + i) as usize);
+                let slot = match name.extract::<&str>()? {
+                    "data" => &mut data,
+                    "addr" => &mut addr,
+                    other => {
+                        return Err(PyTypeError::new_err(format!(
+                            "sendto() got an unexpected keyword argument '{other}'"
+                        )))
+                    }
+                };
+                if slot.is_some() {
+                    return Err(PyTypeError::new_err(format!(
+                        "sendto() got multiple values for argument '{}'",
+                        name.extract::<&str>()?
+                    )));
+                }
+                *slot = Some(value);
+            }
+            let Some(data) = data else {
+                return Err(PyTypeError::new_err(
+                    "sendto() missing 1 required positional argument: 'data'",
+                ));
+            };
+            (
+                Bound::from_borrowed_ptr(py, slf),
+                Bound::from_borrowed_ptr(py, data),
+                addr.map(|a| Bound::from_borrowed_ptr(py, a)),
+            )
+        };
+        let core = core_of(&slf)?.cast_into::<DatagramTransport>()?;
+        DatagramTransport::sendto(&core, &data, addr.as_ref())?;
+        Ok(py.None())
+    })
+}
