@@ -3,7 +3,13 @@
 #   asyncpg (its tests/, against services.sh's PostgreSQL) and redis-py's asyncio client
 #   (its tests/test_asyncio, against services.sh's Redis).
 #
-#   scripts/compat.sh [--suite asyncpg|redis] [--loop asyncio|ferroloop] [--no-check]
+#   scripts/compat.sh [--suite asyncpg,redis] [--loop asyncio,ferroloop] [--no-check]
+#   scripts/compat.sh --suite asyncpg-clusters   # opt-in, ~6 minutes: asyncpg's suite on the
+#       temporary clusters its own harness creates (as its authors run it), where its TLS,
+#       pg_hba, adversity-proxy and hot-standby tests run too (the default run skips them)
+#
+# Uses the ferroloop build in python/ (run `maturin develop` first to test changed sources;
+# it is built only when missing).
 #
 # 1. builds ferroloop into .venv if it is not built yet (maturin develop);
 # 2. creates .venv-compat and installs the pinned libraries and what their suites import

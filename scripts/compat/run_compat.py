@@ -53,7 +53,6 @@ COMPAT_VENV = Path(os.environ.get("FERROLOOP_COMPAT_VENV", ROOT / ".venv-compat"
 SUITES_DIR = COMPAT_VENV / "suites"
 RESULTS_DIR = COMPAT_VENV / "results"
 LOOPS = ("asyncio", "ferroloop")
-DEFAULT_SERVICES_ENV = "/tmp/ferroloop-services/services.env"
 
 
 def log(msg: str = "") -> None:
@@ -117,6 +116,10 @@ class Suite:
         for prefix in self.floors.get("deselect", {}):
             args += ["--deselect", prefix]
         return args
+
+    def run_env_remove(self) -> list[str]:
+        """Variables of this environment the suite's processes must not see."""
+        return []
 
     def snapshot(self) -> Any:
         """State of the server before a run, for cleanup()."""
@@ -220,6 +223,81 @@ class AsyncpgSuite(Suite):
         return f"PostgreSQL {version.split()[0]} at {url.hostname}:{url.port}"
 
 
+PG_WRAPPER = """#!/usr/bin/env bash
+# Written by scripts/compat/run_compat.py: runs PostgreSQL's {name} as the 'postgres' user
+# (the server binaries refuse root), handing it the directories asyncpg's harness made as root.
+set -euo pipefail
+prev=""
+for a in "$@"; do
+  case "$prev" in -D | --pgdata) [ -d "$a" ] && chown -R postgres:postgres "$a" ;; esac
+  case "$a" in --pgdata=*) [ -d "${{a#--pgdata=}}" ] && chown -R postgres:postgres "${{a#--pgdata=}}" ;; esac
+  prev="$a"
+done
+exec setpriv --reuid postgres --regid postgres --init-groups -- {real} "$@"
+"""
+
+
+def pg_bindir() -> Path:
+    """PostgreSQL's server binaries, found as scripts/services.sh finds them."""
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        if out.returncode == 0 and (Path(out.stdout.strip()) / "initdb").is_file():
+            return Path(out.stdout.strip())
+    except FileNotFoundError:
+        pass
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise RuntimeError("PostgreSQL's server binaries not found (scripts/services.sh install)")
+    return found[-1].parent
+
+
+class AsyncpgClustersSuite(AsyncpgSuite):
+    """asyncpg's suite as its authors run it: on temporary clusters its harness creates.
+
+    Not part of the default run (it takes about 3 minutes per loop): the tests that the
+    default run skips as "unmanaged cluster" / "using remote cluster" (TLS and pg_hba set-ups,
+    the adversity proxy, hot standby) run here. The harness finds PostgreSQL through
+    $PGINSTALLATION; as root, the server binaries there are wrappers that run the real ones as
+    the 'postgres' user (initdb and postgres refuse root).
+    """
+
+    def env(self) -> dict[str, str]:
+        real = pg_bindir()
+        wrappers = RESULTS_DIR / "pg-bin"
+        wrappers.mkdir(parents=True, exist_ok=True)
+        as_root = os.geteuid() == 0
+        for name in ("pg_ctl", "postgres", "initdb", "pg_basebackup", "pg_resetwal"):
+            target = wrappers / name
+            target.unlink(missing_ok=True)
+            if as_root:
+                target.write_text(PG_WRAPPER.format(name=name, real=real / name))
+                target.chmod(0o755)
+            else:
+                target.symlink_to(real / name)
+        pg_config = wrappers / "pg_config"
+        pg_config.write_text(
+            "#!/usr/bin/env bash\n"
+            f'{real / "pg_config"} "$@" | sed "s|^BINDIR = .*|BINDIR = {wrappers}|"\n'
+        )
+        pg_config.chmod(0o755)
+        return {"PGINSTALLATION": str(wrappers)}
+
+    def run_env_remove(self) -> list[str]:
+        return ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE"]
+
+    def snapshot(self) -> Any:
+        return None
+
+    def cleanup(self, before: Any) -> list[str]:
+        return []  # the harness destroys its clusters at exit
+
+    def server_description(self) -> str:
+        real = pg_bindir()
+        out = subprocess.run([real / "postgres", "--version"], capture_output=True, text=True)
+        version = out.stdout.split()[2] if len(out.stdout.split()) > 2 else "?"
+        return f"temporary clusters of PostgreSQL {version}"
+
+
 class RedisSuite(Suite):
     """redis-py's asyncio suite (tests/test_asyncio, pytest-asyncio), against services.sh's Redis.
 
@@ -256,8 +334,12 @@ class RedisSuite(Suite):
         return f"Redis {version} at {url.hostname}:{url.port}"
 
 
-SUITE_CLASSES: dict[str, type[Suite]] = {"asyncpg": AsyncpgSuite, "redis": RedisSuite}
-SUITE_DISTS = {"asyncpg": "asyncpg", "redis": "redis"}
+SUITE_CLASSES: dict[str, type[Suite]] = {
+    "asyncpg": AsyncpgSuite,
+    "redis": RedisSuite,
+    "asyncpg-clusters": AsyncpgClustersSuite,
+}
+SUITE_DISTS = {"asyncpg": "asyncpg", "redis": "redis", "asyncpg-clusters": "asyncpg"}
 
 
 # ------------------------------------------------------------------------------ running
@@ -303,6 +385,8 @@ def run_pytest(suite: Suite, loop: str, extra: list[str], tag: str, timeout: flo
     log_path = RESULTS_DIR / f"{suite.name}-{loop}{tag}.log"
     report_path.unlink(missing_ok=True)
     env = dict(os.environ)
+    for key in suite.run_env_remove():
+        env.pop(key, None)
     env.update(suite.env())
     env["FERROLOOP_COMPAT_LOOP"] = loop
     env["FERROLOOP_COMPAT_REPORT"] = str(report_path)
@@ -520,7 +604,7 @@ def main() -> int:
     for name in suite_names:
         if name not in SUITE_CLASSES:
             parser.error(f"unknown suite {name!r} (known: {', '.join(SUITE_CLASSES)})")
-        if need[name] not in services:
+        if name in need and need[name] not in services:
             log(f"compat: no {need[name]}: start the servers with scripts/services.sh start")
             return 2
 
