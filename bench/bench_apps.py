@@ -80,7 +80,7 @@ SERVICES_ENV = os.environ.get(
 NEEDS_WRK = {"aiohttp", "uvicorn", "fastapi", "sanic", "aiohttp_tls"}
 NEEDS_LOADGEN = {"websocket"}
 NEEDS_NGINX = {"aiohttp_client", "httpx"}
-NEEDS_SERVICES = {"redis", "asyncpg"}
+NEEDS_SERVICES = {"redis", "asyncpg", "asyncpg_tls"}
 
 
 def _setting(name: str, quick: bool, full: float, short: float) -> float:
@@ -703,10 +703,14 @@ def bench_redis(loop: asyncio.AbstractEventLoop, quick: bool) -> Result:
     return _drive(loop, redis_client(quick))
 
 
-async def asyncpg_client(quick: bool) -> Window:
+async def asyncpg_client(quick: bool, tls: bool) -> Window:
     import asyncpg
 
-    pool = await asyncpg.create_pool(service_url("PG"), min_size=PG_POOL, max_size=PG_POOL)
+    # asyncpg's default sslmode is "prefer": TLS whenever the server offers it, as the
+    # PostgreSQL of scripts/services.sh does. Say which one each row measures.
+    pool = await asyncpg.create_pool(
+        service_url("PG"), min_size=PG_POOL, max_size=PG_POOL, ssl="require" if tls else False
+    )
     try:
         # The pool's server processes (one backend per connection).
         conns = [await pool.acquire() for _ in range(PG_POOL)]
@@ -725,8 +729,16 @@ async def asyncpg_client(quick: bool) -> Window:
 
 @row("asyncpg", f"asyncpg pool {PG_POOL}, x{CONNS} SELECT", "query/s")
 def bench_asyncpg(loop: asyncio.AbstractEventLoop, quick: bool) -> Result:
-    """asyncpg pool of 8 connections, 64 tasks doing pool.fetchval('SELECT $1::int', i)."""
-    return _drive(loop, asyncpg_client(quick))
+    """asyncpg pool of 8 connections (plain TCP: ssl=False), 64 tasks doing
+    pool.fetchval('SELECT $1::int', i)."""
+    return _drive(loop, asyncpg_client(quick, tls=False))
+
+
+@row("asyncpg_tls", f"asyncpg TLS pool {PG_POOL}, x{CONNS} SELECT", "query/s")
+def bench_asyncpg_tls(loop: asyncio.AbstractEventLoop, quick: bool) -> Result:
+    """The asyncpg row over TLS (ssl='require'; what asyncpg's default sslmode 'prefer' gives
+    against a server with ssl=on, such as the one of scripts/services.sh)."""
+    return _drive(loop, asyncpg_client(quick, tls=True))
 
 
 ROW_ORDER = [
@@ -740,6 +752,7 @@ ROW_ORDER = [
     "httpx",
     "redis",
     "asyncpg",
+    "asyncpg_tls",
 ]
 
 
