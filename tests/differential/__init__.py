@@ -113,6 +113,7 @@ class Clock:
 
 _ADDR = re.compile(r" at 0x[0-9a-fA-F]+")
 _TASK = re.compile(r"Task-\d+")
+_PORT = re.compile(r"('127\.0\.0\.1', )\d+")
 # Source positions ("created at /x/y.py:12", also cut short by reprlib: "...y.py:12>"). In
 # debug mode asyncio's own create_future() shows its line in base_events.py, ferroloop's
 # (native) the caller's: a finding of its own (test_diff_futures.py::
@@ -121,11 +122,12 @@ _CREATED = re.compile(r"\S*\.py:\d+")
 
 
 def scrub(value: Any) -> Any:
-    """What is compared of a value: strings lose object addresses and task numbers (asyncio
-    numbers tasks process-wide, so the second world's are higher); containers are scrubbed
-    element by element."""
+    """What is compared of a value: strings lose object addresses, task numbers (asyncio
+    numbers tasks process-wide, so the second world's are higher), source positions and
+    loopback port numbers; containers are scrubbed element by element."""
     if isinstance(value, str):
-        return _CREATED.sub("?.py:?", _TASK.sub("Task-N", _ADDR.sub(" at 0x?", value)))
+        value = _TASK.sub("Task-N", _ADDR.sub(" at 0x?", value))
+        return _PORT.sub(r"\1PORT", _CREATED.sub("?.py:?", value))
     if isinstance(value, tuple):
         return tuple(scrub(v) for v in value)
     if isinstance(value, list):
