@@ -26,6 +26,35 @@ from ._ferroloop import DatagramTransport as _DatagramCore
 from ._ferroloop import StreamTransport
 
 
+class _Extra(dict):
+    """A transport's extra info (asyncio's ``_extra`` dict) whose ``'socket'`` entry, the
+    ``TransportSocket`` wrapper, is made on first use: most servers never ask for it, and one
+    per connection is about 80 bytes of a server's memory for each idle client. Reading it
+    any way (``get_extra_info('socket')``, ``_extra['socket']``, ``_extra.get('socket')``)
+    gives the same object every time."""
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, extra: dict[str, Any] | None, sock: socket.socket) -> None:
+        super().__init__(extra or ())
+        self._sock = sock
+
+    def __missing__(self, key: str) -> Any:
+        if key == "socket" and self._sock is not None:
+            value = self[key] = trsock.TransportSocket(self._sock)
+            self._sock = None
+            return value
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "socket" and self._sock is not None:
+            return self["socket"]
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (key == "socket" and self._sock is not None)
+
+
 # asyncio.Server tracks its transports from Python 3.13 on (_attach/_detach take the
 # transport); before, it only counts them.
 def _server_hook_args(transport: Any) -> tuple[Any, ...]:
@@ -218,8 +247,7 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
         server: Any = None,
     ) -> None:
         # Not _FlowControlMixin.__init__: its limits and counters live in the native core.
-        asyncio.Transport.__init__(self, extra)
-        self._extra["socket"] = trsock.TransportSocket(sock)
+        self._extra = _Extra(extra, sock)
         try:
             self._extra["sockname"] = sock.getsockname()
         except OSError:
@@ -308,8 +336,7 @@ class DatagramTransport(_NativeFace, transports._FlowControlMixin, asyncio.Datag
         extra: dict[str, Any] | None = None,
     ) -> None:
         # Not _FlowControlMixin.__init__: its limits and counters live in the native core.
-        asyncio.BaseTransport.__init__(self, extra)
-        self._extra["socket"] = trsock.TransportSocket(sock)
+        self._extra = _Extra(extra, sock)
         try:
             self._extra["sockname"] = sock.getsockname()
         except OSError:

@@ -53,9 +53,9 @@ struct StreamState {
     buffered: bool,
     /// The protocol is ferroloop's TLS protocol: received bytes go to [`crate::tls::feed`].
     tls: bool,
-    /// Pending output: `wbuf[woff..]`.
-    wbuf: Vec<u8>,
-    woff: usize,
+    /// Pending output, allocated only while there is some (most connections never buffer,
+    /// and one that did gives the memory back as soon as it has drained).
+    out: Option<Box<OutBuf>>,
     eof: bool,
     protocol_paused: bool,
     conn_lost: u32,
@@ -65,22 +65,44 @@ struct StreamState {
     empty_waiter: Option<Py<PyAny>>,
 }
 
+/// Bytes waiting to be sent: `data[off..]`.
+#[derive(Default)]
+struct OutBuf {
+    data: Vec<u8>,
+    off: usize,
+}
+
 impl StreamState {
     fn pending(&self) -> usize {
-        self.wbuf.len() - self.woff
+        self.out.as_ref().map_or(0, |o| o.data.len() - o.off)
+    }
+
+    /// The bytes waiting to be sent.
+    fn pending_bytes(&self) -> &[u8] {
+        self.out.as_ref().map_or(&[], |o| &o.data[o.off..])
+    }
+
+    fn push_output(&mut self, data: &[u8]) {
+        self.out
+            .get_or_insert_with(Box::default)
+            .data
+            .extend_from_slice(data);
+    }
+
+    fn clear_output(&mut self) {
+        self.out = None;
     }
 
     fn consume(&mut self, n: usize) {
-        self.woff += n;
-        if self.woff >= self.wbuf.len() {
-            self.wbuf.clear();
-            self.woff = 0;
-            if self.wbuf.capacity() > 4 * DEFAULT_HIGH_WATER {
-                self.wbuf.shrink_to(DEFAULT_HIGH_WATER);
-            }
-        } else if self.woff > 64 * 1024 && self.woff * 2 > self.wbuf.len() {
-            self.wbuf.drain(..self.woff);
-            self.woff = 0;
+        let Some(o) = self.out.as_mut() else {
+            return;
+        };
+        o.off += n;
+        if o.off >= o.data.len() {
+            self.out = None;
+        } else if o.off > 64 * 1024 && o.off * 2 > o.data.len() {
+            o.data.drain(..o.off);
+            o.off = 0;
         }
     }
 
@@ -310,9 +332,7 @@ impl StreamTransport {
     /// Appends to the output buffer (copying: the caller may reuse a mutable buffer).
     fn buffer_output(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
         let py = slf.py();
-        slf.get()
-            .state
-            .with(py, |s| s.wbuf.extend_from_slice(data))?;
+        slf.get().state.with(py, |s| s.push_output(data))?;
         watch(slf, true, true)?;
         Self::flow_control(slf, true)
     }
@@ -400,8 +420,7 @@ impl StreamTransport {
             if s.conn_lost > 0 {
                 return None;
             }
-            s.wbuf.clear();
-            s.woff = 0;
+            s.clear_output();
             let first = !s.io.closing;
             s.io.closing = true;
             s.conn_lost += 1;
@@ -578,12 +597,11 @@ fn write_ready(slf: &Bound<'_, StreamTransport>) -> PyResult<()> {
         if !s.io.writing || s.conn_lost > 0 || s.io.fd < 0 {
             return None;
         }
-        let r = send_some(s.io.fd, &s.wbuf[s.woff..]);
+        let r = send_some(s.io.fd, s.pending_bytes());
         if let Ok(n) = r {
             s.consume(n);
         } else {
-            s.wbuf.clear();
-            s.woff = 0;
+            s.clear_output();
         }
         Some(r)
     })?;
@@ -666,8 +684,7 @@ impl StreamTransport {
                 protocol: None,
                 buffered: false,
                 tls: false,
-                wbuf: Vec::new(),
-                woff: 0,
+                out: None,
                 eof: false,
                 protocol_paused: false,
                 conn_lost: 0,
