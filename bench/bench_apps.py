@@ -1158,7 +1158,10 @@ def _enclosing_fn(src_line: str) -> str | None:
         with open(path, errors="replace") as f:
             _fn_cache[path] = f.read().splitlines()
     lines = _fn_cache[path]
-    for i in range(min(int(num), len(lines)) - 1, -1, -1):
+    n = min(int(num), len(lines))
+    if n and lines[n - 1].lstrip().startswith("#["):
+        return "pyo3 wrapper"  # e.g. the #[pymethods] line: argument parsing, type checks
+    for i in range(n - 1, -1, -1):
         m = _FN_RE.match(lines[i])
         if m:
             return m.group(1)
