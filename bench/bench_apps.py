@@ -1527,6 +1527,95 @@ def render_profile(rows: list[str], loops: list[str], results: dict, exact: bool
 
 
 # --------------------------------------------------------------------------------------------
+# --summary: one table from a timing run, a --tune-malloc run and a profile
+
+
+def summary(paths: list[str]) -> list[str]:
+    """The README table: rates and CPU efficiency (default and tuned allocator), each loop's
+    share of the CPU and ferroloop's limit against uvloop. Files are told apart by content:
+    a --profile JSON has "profiles"; a timing JSON whose meta.apps.malloc_env is set is the
+    --tune-malloc run."""
+    timing: dict[str, Any] | None = None
+    tuned: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        if "profiles" in doc:
+            profile = doc
+        elif doc.get("meta", {}).get("apps", {}).get("malloc_env"):
+            tuned = doc
+        else:
+            timing = doc
+    if timing is None:
+        raise SystemExit("--summary needs a timing run's --json")
+
+    def med_cpu(doc: dict[str, Any] | None, key: str, loop: str) -> float | None:
+        if doc is None:
+            return None
+        vals = [
+            r["extra"]["cpu_us_per_req"]
+            for r in doc["raw"]
+            if r.get("row") == key and r.get("loop") == loop and r.get("status") == "ok"
+        ]
+        return statistics.median(vals) if vals else None
+
+    def eff(doc: dict[str, Any] | None, key: str) -> str:
+        u, f = med_cpu(doc, key, "uvloop"), med_cpu(doc, key, "ferroloop")
+        return f"{u / f:.2f}x" if u and f else "-"
+
+    def share(key: str, loop: str) -> float | None:
+        rec = (profile or {}).get("profiles", {}).get(key, {}).get(loop, {})
+        return rec.get("loop_share")
+
+    out = [
+        "| row | unit | asyncio | uvloop | ferroloop | ferroloop / uvloop: best rate |"
+        " CPU per request, us (uvloop / ferroloop) | ferroloop / uvloop: CPU efficiency |"
+        " same, --tune-malloc | loop share of the CPU (uvloop / ferroloop) |"
+        " ferroloop's limit / uvloop |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    summ = timing["summary"]
+    for key, info in timing["rows"].items():
+        cells = summ.get(key, {})
+
+        def best(loop: str, cells: dict = cells) -> str:
+            c = cells.get(loop)
+            if not c or not c.get("best"):
+                return c["status"] if c else "-"
+            spread = c.get("spread_pct")
+            return fmt_rate(c["best"]) + (f" ±{spread:.0f}%" if spread is not None else "")
+
+        ub, fb = (cells.get(n, {}).get("best") for n in ("uvloop", "ferroloop"))
+        ratio = f"{fb / ub:.2f}x" if ub and fb else "-"
+        u, f = med_cpu(timing, key, "uvloop"), med_cpu(timing, key, "ferroloop")
+        cpu = f"{u:.1f} / {f:.1f}" if u and f else "-"
+        su, sf = share(key, "uvloop"), share(key, "ferroloop")
+        shares = f"{su:.1%} / {sf:.1%}" if su is not None and sf is not None else "-"
+        limit = f"{u / (f * (1 - sf)):.2f}x" if u and f and sf is not None else "-"
+        out.append(
+            f"| {info['title']} | {info['unit']} | {best('asyncio')} | {best('uvloop')} | "
+            f"{best('ferroloop')} | {ratio} | {cpu} | {eff(timing, key)} | {eff(tuned, key)} | "
+            f"{shares} | {limit} |"
+        )
+    meta = timing["meta"]
+    out.append("")
+    out.append(
+        f"Timing: {meta['rounds']} rounds{' (quick)' if meta.get('quick') else ''}, "
+        f"{meta['date']}, commit {meta.get('git_commit')}, Python {meta['python']}, load average "
+        f"{meta.get('loadavg_start')} at the start and {meta.get('loadavg_end')} at the end."
+        + (
+            f" Profile: Python {profile['meta']['python']}"
+            + (" with the perf trampoline" if profile["meta"].get("trampoline") else "")
+            + f", load average {profile['meta'].get('loadavg_start')}."
+            if profile
+            else ""
+        )
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 
 
 DESCRIPTION = (
@@ -1538,7 +1627,9 @@ DESCRIPTION = (
     "(do not apt-get wrk / nginx or start the services), --no-build (do not build the load "
     "generator), --profile (profile each row once per loop with perf and py-spy instead of "
     "timing rounds; default loops uvloop,ferroloop; --rates JSON takes the rates for the limit "
-    "column from a timing run's --json; --profile-dir DIR keeps the raw profiles)."
+    "column from a timing run's --json; --profile-dir DIR keeps the raw profiles). "
+    "--summary TIMING.json [TUNED.json] [PROFILE.json]: print the README table from the "
+    "--json files of a timing run, a --tune-malloc run and a --profile run."
 )
 
 
@@ -1567,6 +1658,9 @@ def _option(rest: list[str], name: str) -> str | None:
 def cli(argv: list[str]) -> int:
     if "--worker" in argv:
         return main(argv, description=DESCRIPTION)
+    if argv and argv[0] == "--summary":
+        print("\n".join(summary(argv[1:])))
+        return 0
     app, rest = _app_args(argv)
     for flag, env, value in (
         ("--warmup", ENV_WARMUP, app.warmup),
