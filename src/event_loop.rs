@@ -64,6 +64,11 @@ struct LoopState {
     stats: Stats,
     /// The blocking watchdog's stamp, while the watchdog is on for this loop.
     watch: Option<Arc<Stamp>>,
+    /// `sock_*` operations waiting (finished ones are dropped when the list is next looked
+    /// at): checked for sockets closed under them before the loop blocks.
+    sock_waiters: Vec<Py<SockWaiter>>,
+    /// List length at which finished waiters are swept out.
+    sock_sweep_at: usize,
     ready: ReadyQueue,
     timers: TimerHeap,
     reactor: Reactor,
@@ -395,6 +400,12 @@ impl LoopCore {
         let this = slf.get();
         let mut garbage: Vec<Py<Handle>> = Vec::new();
         let overriding_now = Self::overriding_now(slf)?;
+        let about_to_block = this.state.with(py, |s| {
+            s.ready.is_empty() && !s.stopping && !s.sock_waiters.is_empty()
+        })?;
+        if about_to_block {
+            Self::check_closed_sockets(slf)?;
+        }
 
         // 1-2: purge cancelled timers, compute the poll timeout.
         let (epfd, timeout_ms, watching, lingered, timing) = this.state.with(py, |s| {
@@ -708,9 +719,13 @@ impl LoopCore {
         fd: RawFd,
         write: bool,
         op: SockOp,
+        fut: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let fut = Self::create_future(slf)?;
+        let fut = match fut {
+            Some(f) => f,
+            None => Self::create_future(slf)?,
+        };
         let waiter = Py::new(
             py,
             SockWaiter::new(
@@ -723,6 +738,7 @@ impl LoopCore {
             ),
         )?;
         let io = Io::Sock(waiter.clone_ref(py));
+        let listed = waiter.clone_ref(py);
         let res = slf.get().state.with(py, |s| match s.check_closed() {
             Err(e) => Err((e, Some(io))),
             Ok(()) => s
@@ -742,8 +758,84 @@ impl LoopCore {
                 return Err(e);
             }
         }
+        Self::list_sock_waiter(slf, listed)?;
         fut.call_method1(intern!(py, "add_done_callback"), (waiter,))?;
         Ok(fut)
+    }
+
+    /// Remembers a waiting `sock_*` operation for the closed-socket check, sweeping out the
+    /// finished ones when the list has grown (a loop that never blocks never checks).
+    fn list_sock_waiter(slf: &Bound<'_, LoopCore>, waiter: Py<SockWaiter>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let sweep = this.state.with(py, |s| {
+            s.sock_waiters.push(waiter);
+            (s.sock_waiters.len() >= s.sock_sweep_at).then(|| std::mem::take(&mut s.sock_waiters))
+        })?;
+        if let Some(all) = sweep {
+            let (kept, done): (Vec<_>, Vec<_>) =
+                all.into_iter().partition(|w| sockops::is_waiting(py, w));
+            drop(done);
+            this.state.with(py, |s| {
+                s.sock_sweep_at = (2 * kept.len()).max(64);
+                let newer = std::mem::replace(&mut s.sock_waiters, kept);
+                s.sock_waiters.extend(newer);
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Before the loop blocks: fails the `sock_*` operations whose socket was closed under
+    /// them (see `sockops.rs`), which would otherwise wait for ever.
+    fn check_closed_sockets(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let all = this
+            .state
+            .with(py, |s| std::mem::take(&mut s.sock_waiters))?;
+        let mut kept = Vec::with_capacity(all.len());
+        let mut closed = Vec::new();
+        for w in all {
+            if !sockops::is_waiting(py, &w) {
+                continue;
+            }
+            if sockops::closed_under(w.bind(py))? {
+                closed.push(w);
+            } else {
+                kept.push(w);
+            }
+        }
+        this.state.with(py, |s| {
+            s.sock_sweep_at = (2 * kept.len()).max(64);
+            let newer = std::mem::replace(&mut s.sock_waiters, kept);
+            s.sock_waiters.extend(newer);
+        })?;
+        for w in closed {
+            sockops::fail_closed(w.bind(py))?;
+        }
+        Ok(())
+    }
+
+    /// A waiter whose socket was closed leaves `fd` (if it is still the registered one),
+    /// without lingering: the fd number no longer names its file.
+    pub(crate) fn forget_sock(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        write: bool,
+        waiter: &Bound<'_, SockWaiter>,
+    ) -> PyResult<()> {
+        let released = self.state.with(py, |s| {
+            let entry = s.reactor.fds.get(&fd)?;
+            let current = if write { &entry.writer } else { &entry.reader };
+            match current {
+                Some(Io::Sock(w)) if w.as_ptr() == waiter.as_ptr() => {}
+                _ => return None,
+            }
+            s.reactor.clear(fd, write)
+        })?;
+        drop(released);
+        Ok(())
     }
 
     /// A finished or cancelled [`SockWaiter`] leaves `fd` (if it is still the registered one).
@@ -948,6 +1040,8 @@ impl LoopCore {
             state: GilCell::new(LoopState {
                 stats: Stats::default(),
                 watch: None,
+                sock_waiters: Vec::new(),
+                sock_sweep_at: 64,
                 ready: ReadyQueue::with_capacity(64),
                 timers: TimerHeap::default(),
                 reactor,
@@ -987,6 +1081,9 @@ impl LoopCore {
             if let Some(f) = &s.task_factory {
                 visit.call(f)?;
             }
+            for w in &s.sock_waiters {
+                visit.call(w)?;
+            }
             Ok(())
         });
         res.unwrap_or(Ok(()))
@@ -1006,7 +1103,8 @@ impl LoopCore {
                 .drain()
                 .map(|(_, e)| (e.reader, e.writer))
                 .collect();
-            (ready, timers, io, s.task_factory.take())
+            let waiters = std::mem::take(&mut s.sock_waiters);
+            (ready, timers, io, (s.task_factory.take(), waiters))
         });
         if let Some((ready, timers, io, factory)) = released {
             release_ready_queue(py, &ready);
@@ -1330,7 +1428,7 @@ impl LoopCore {
         fd: RawFd,
         n: isize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        Self::sock_wait(slf, sock, fd, false, SockOp::Recv(n))
+        Self::sock_wait(slf, sock, fd, false, SockOp::Recv(n), None)
     }
 
     /// `sock.recv_into(buf, nbytes)` once the socket is readable.
@@ -1342,7 +1440,7 @@ impl LoopCore {
         nbytes: isize,
     ) -> PyResult<Bound<'py, PyAny>> {
         let op = SockOp::RecvInto(buf.clone().unbind(), nbytes);
-        Self::sock_wait(slf, sock, fd, false, op)
+        Self::sock_wait(slf, sock, fd, false, op, None)
     }
 
     /// Sends `view[offset:]` as the socket becomes writable; the future resolves to None.
@@ -1354,7 +1452,30 @@ impl LoopCore {
         offset: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         let op = SockOp::SendAll(view.clone().unbind(), offset);
-        Self::sock_wait(slf, sock, fd, true, op)
+        Self::sock_wait(slf, sock, fd, true, op, None)
+    }
+
+    /// Settles `fut` with the outcome of `sock`'s connect in progress once it is writable
+    /// (asyncio's `_sock_connect_cb`).
+    fn _sock_connect_wait<'py>(
+        slf: &Bound<'py, Self>,
+        fut: &Bound<'py, PyAny>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+        address: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        let op = SockOp::Connect(address.clone().unbind());
+        Self::sock_wait(slf, sock, fd, true, op, Some(fut.clone())).map(drop)
+    }
+
+    /// Settles `fut` with `(conn, address)` once `sock` has a connection to accept.
+    fn _sock_accept_wait<'py>(
+        slf: &Bound<'py, Self>,
+        fut: &Bound<'py, PyAny>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+    ) -> PyResult<()> {
+        Self::sock_wait(slf, sock, fd, false, SockOp::Accept, Some(fut.clone())).map(drop)
     }
 
     /// `asyncio.Future(loop=self)`.
@@ -1580,7 +1701,8 @@ impl LoopCore {
             let timers = s.timers.drain();
             let io = s.reactor.close();
             s.waker.close();
-            Ok(Some((ready, timers, io)))
+            let waiters = std::mem::take(&mut s.sock_waiters);
+            Ok(Some((ready, timers, (io, waiters))))
         })??;
         this.cancelled_timers.store(0, Ordering::Relaxed);
         if let Some((ready, timers, io)) = released {

@@ -1,4 +1,5 @@
-//! The waiting half of `sock_recv`, `sock_recv_into` and `sock_sendall`.
+//! The waiting half of `sock_recv`, `sock_recv_into`, `sock_sendall`, `sock_connect` and
+//! `sock_accept`.
 //!
 //! The Python side tries the operation at once (asyncio's order and checks); only when the
 //! socket would block does it ask the loop for a future. The loop then registers a
@@ -10,6 +11,11 @@
 //! The reactor keeps a completed waiter's kernel registration lingering for the next wait on
 //! the same socket (see `reactor.rs`), so a request-reply loop costs no `epoll_ctl` per
 //! message.
+//!
+//! A socket closed while an operation waits on it: the kernel drops a closed fd from epoll
+//! without a word, so on asyncio the operation waits for ever. Before the loop blocks, it
+//! checks each waiting operation's socket object ([`closed_under`]); one whose fd changed
+//! (`close()` sets it to -1) fails with `OSError(EBADF)` and leaves the reactor.
 
 use std::cell::RefCell;
 use std::os::fd::RawFd;
@@ -18,6 +24,7 @@ use pyo3::exceptions::{
     PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyMemoryError, PySystemExit,
     PyValueError,
 };
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -187,6 +194,100 @@ pub(crate) enum SockOp {
     RecvInto(Py<PyAny>, isize),
     /// `sock.send(view[offset:])` until the whole view is sent.
     SendAll(Py<PyAny>, usize),
+    /// A non-blocking `connect(address)` in progress: its outcome is `SO_ERROR`.
+    Connect(Py<PyAny>),
+    /// `sock.accept()`, the new socket made non-blocking.
+    Accept,
+}
+
+impl SockOp {
+    fn clone_ref(&self, py: Python<'_>) -> SockOp {
+        match self {
+            SockOp::Recv(n) => SockOp::Recv(*n),
+            SockOp::RecvInto(b, n) => SockOp::RecvInto(b.clone_ref(py), *n),
+            SockOp::SendAll(v, off) => SockOp::SendAll(v.clone_ref(py), *off),
+            SockOp::Connect(a) => SockOp::Connect(a.clone_ref(py)),
+            SockOp::Accept => SockOp::Accept,
+        }
+    }
+}
+
+static SOCKET_BASE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+/// Whether reading the fd out of the socket object works (checked once against `fileno()`).
+static RAW_FD_CHECKED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The fd a socket object holds right now (-1 once closed or detached), read from the C
+/// object: CPython's socket object starts with the object header, then the fd
+/// (`PySocketSockObject.sock_fd`, an `int` on POSIX). Checked once against `fileno()`; where
+/// that does not hold, or for an object that is not a `_socket.socket`, `fileno()` is called.
+fn current_fd(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let py = sock.py();
+    let base = SOCKET_BASE.get_or_try_init(py, || -> PyResult<Py<PyType>> {
+        Ok(py
+            .import("_socket")?
+            .getattr("socket")?
+            .cast_into::<PyType>()?
+            .unbind())
+    })?;
+    let from_fileno = || -> PyResult<RawFd> { sock.call_method0(intern!(py, "fileno"))?.extract() };
+    if !sock.is_instance(base.bind(py))? {
+        return from_fileno();
+    }
+    // SAFETY: `sock` is a live `_socket.socket` (or subclass) object, whose C layout begins
+    // with `PyObject_HEAD` followed by `SOCKET_T sock_fd` (Modules/socketmodule.h); the read
+    // stays inside the object. Whether the layout holds is verified before it is trusted.
+    let raw = unsafe {
+        let p = (sock.as_ptr() as *const u8).add(std::mem::size_of::<ffi::PyObject>());
+        std::ptr::read_unaligned(p as *const libc::c_int)
+    };
+    use std::sync::atomic::Ordering;
+    match RAW_FD_CHECKED.load(Ordering::Relaxed) {
+        1 => Ok(raw),
+        2 => from_fileno(),
+        _ => {
+            let real = from_fileno()?;
+            RAW_FD_CHECKED.store(if real == raw { 1 } else { 2 }, Ordering::Relaxed);
+            Ok(real)
+        }
+    }
+}
+
+/// A waiting operation whose socket was closed (or detached) since it started waiting.
+pub(crate) fn closed_under(slf: &Bound<'_, SockWaiter>) -> PyResult<bool> {
+    let py = slf.py();
+    let snapshot = slf.get().state.with(py, |s| {
+        if !s.registered {
+            return None;
+        }
+        Some((s.fd, s.sock.as_ref()?.clone_ref(py)))
+    })?;
+    let Some((fd, sock)) = snapshot else {
+        return Ok(false);
+    };
+    Ok(current_fd(sock.bind(py))? != fd)
+}
+
+/// Still waiting (registered in the reactor)?
+pub(crate) fn is_waiting(py: Python<'_>, w: &Py<SockWaiter>) -> bool {
+    w.get().state.with(py, |s| s.registered).unwrap_or(true)
+}
+
+/// Fails a waiting operation whose socket was closed under it: it leaves the reactor (no
+/// lingering registration: the fd is gone) and its future gets `OSError(EBADF)`.
+pub(crate) fn fail_closed(slf: &Bound<'_, SockWaiter>) -> PyResult<()> {
+    let py = slf.py();
+    let taken = slf.get().state.with(py, |s| {
+        if !s.registered {
+            return None;
+        }
+        s.registered = false;
+        Some((s.fd, s.write, s.lp.take()))
+    })?;
+    if let Some((fd, write, Some(lp))) = taken {
+        lp.get().forget_sock(py, fd, write, slf)?;
+    }
+    let err = os_error(std::io::Error::from_raw_os_error(libc::EBADF));
+    SockWaiter::finish(slf, Err(err))
 }
 
 struct WaiterState {
@@ -277,11 +378,7 @@ pub(crate) fn on_ready(slf: &Bound<'_, SockWaiter>) -> PyResult<()> {
         if !s.registered {
             return None;
         }
-        let op = match s.op.as_ref()? {
-            SockOp::Recv(n) => SockOp::Recv(*n),
-            SockOp::RecvInto(b, n) => SockOp::RecvInto(b.clone_ref(py), *n),
-            SockOp::SendAll(v, off) => SockOp::SendAll(v.clone_ref(py), *off),
-        };
+        let op = s.op.as_ref()?.clone_ref(py);
         Some((
             s.sock.as_ref()?.clone_ref(py),
             s.fut.as_ref()?.clone_ref(py),
@@ -305,6 +402,12 @@ pub(crate) fn on_ready(slf: &Bound<'_, SockWaiter>) -> PyResult<()> {
             }
         }
         SockOp::RecvInto(buf, n) => sock.call_method1(intern!(py, "recv_into"), (buf, *n)),
+        SockOp::Connect(address) => connect_outcome(&sock, address.bind(py)),
+        SockOp::Accept => sock.call_method0(intern!(py, "accept")).and_then(|pair| {
+            let conn = pair.get_item(0)?;
+            conn.call_method1(intern!(py, "setblocking"), (false,))?;
+            Ok(pair)
+        }),
         SockOp::SendAll(view, off) => {
             let fd = slf.get().state.with(py, |s| s.fd)?;
             let bytes = ByteView::new(view.bind(py), false)?;
@@ -348,6 +451,29 @@ pub(crate) fn on_ready(slf: &Bound<'_, SockWaiter>) -> PyResult<()> {
             _ => SockWaiter::finish(slf, Ok(v.unbind())),
         },
     }
+}
+
+/// The outcome of a non-blocking connect once the socket is writable (asyncio's
+/// `_sock_connect_cb`): None, or `OSError(err, "Connect call failed <address>")`.
+fn connect_outcome<'py>(
+    sock: &Bound<'py, PyAny>,
+    address: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    let err: i32 = sock
+        .call_method1(
+            intern!(py, "getsockopt"),
+            (libc::SOL_SOCKET, libc::SO_ERROR),
+        )?
+        .extract()?;
+    if err != 0 {
+        let message = format!("Connect call failed {}", address.str()?);
+        let exc = py
+            .get_type::<pyo3::exceptions::PyOSError>()
+            .call1((err, message))?;
+        return Err(PyErr::from_value(exc));
+    }
+    Ok(py.None().into_bound(py))
 }
 
 #[pymethods]

@@ -516,3 +516,90 @@ def test_cancelled_sendall_stops_sending(loop, track):
         assert loop.remove_writer(a) is False
 
     run(loop, main())
+
+
+@pytest.mark.parametrize("op", ["recv", "recv_into", "sendall", "accept"])
+def test_socket_closed_under_a_waiting_operation(loop, op):
+    """The user closes the socket while a sock_* call waits on it. The kernel drops a closed
+    fd from epoll silently: asyncio's call waits for ever (here: still pending after 0.3 s).
+    ferroloop notices before it blocks and fails the call with OSError(EBADF) (a deliberate
+    difference, README)."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    if op == "accept":
+        a.close()
+        a = socket.socket()
+        a.bind(("127.0.0.1", 0))
+        a.listen()
+        a.setblocking(False)
+
+    async def main():
+        if op == "recv":
+            coro = loop.sock_recv(a, 10)
+        elif op == "recv_into":
+            coro = loop.sock_recv_into(a, bytearray(10))
+        elif op == "sendall":
+            coro = loop.sock_sendall(a, b"x" * 20_000_000)  # more than the buffers take
+        else:
+            coro = loop.sock_accept(a)
+        task = asyncio.ensure_future(coro)
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        a.close()
+        done, _ = await asyncio.wait([task], timeout=0.3)
+        if not done:
+            task.cancel()
+            return "still waiting"
+        exc = task.exception()
+        return type(exc).__name__, getattr(exc, "errno", None)
+
+    try:
+        result = loop.run_until_complete(main())
+    finally:
+        b.close()
+    if type(loop).__module__.startswith("ferroloop"):
+        assert result == ("OSError", errno.EBADF)
+    else:
+        assert result == "still waiting"
+
+
+def test_sock_connect_and_accept_still_work_after_the_native_wait(loop):
+    """sock_connect/sock_accept wait through ferroloop's native waiter: the ordinary paths
+    (accept waits for a client, a connection refused is reported) behave as asyncio's."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    lsock.setblocking(False)
+    port = lsock.getsockname()[1]
+
+    async def main():
+        accepting = asyncio.ensure_future(loop.sock_accept(lsock))
+        await asyncio.sleep(0.01)
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", port))
+        conn, addr = await asyncio.wait_for(accepting, 5)
+        assert addr == client.getsockname()
+        assert conn.gettimeout() == 0
+        await loop.sock_sendall(client, b"ping")
+        assert await loop.sock_recv(conn, 4) == b"ping"
+        conn.close()
+        client.close()
+        # A refused connection.
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        refused_port = probe.getsockname()[1]
+        probe.close()
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            await loop.sock_connect(s, ("127.0.0.1", refused_port))
+        except ConnectionRefusedError as exc:
+            return exc.errno
+        finally:
+            s.close()
+
+    try:
+        assert loop.run_until_complete(main()) == errno.ECONNREFUSED
+    finally:
+        lsock.close()

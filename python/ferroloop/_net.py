@@ -77,10 +77,7 @@ BORROWED: dict[type, tuple[str, ...]] = {
         "sock_sendto",
         "_sock_sendto",
         "sock_connect",
-        "_sock_connect",
-        "_sock_connect_cb",
         "sock_accept",
-        "_sock_accept",
         "_sock_read_done",
         "_sock_write_done",
     ),
@@ -297,6 +294,45 @@ class NetworkingMixin:
                 if transport is not None:
                     context["transport"] = transport
                 loop.call_exception_handler(context)
+
+    # sock_connect and sock_accept are asyncio's; their waiting halves are the loop's native
+    # waiter (as for sock_recv), which also fails the operation with EBADF if the socket is
+    # closed while it waits (sockops.rs) instead of waiting for ever.
+
+    def _sock_connect(self, fut: Any, sock: socket.socket, address: Any) -> None:
+        loop: Any = self
+        fd = sock.fileno()
+        try:
+            sock.connect(address)
+        except (BlockingIOError, InterruptedError):
+            # The connection goes on in the background: its outcome is known once the
+            # socket is writable.
+            loop._ensure_fd_no_transport(fd)
+            loop._sock_connect_wait(fut, sock, fd, address)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+        finally:
+            fut = None
+
+    def _sock_accept(self, fut: Any, sock: socket.socket) -> None:
+        loop: Any = self
+        fd = sock.fileno()
+        try:
+            conn, address = sock.accept()
+            conn.setblocking(False)
+        except (BlockingIOError, InterruptedError):
+            loop._ensure_fd_no_transport(fd)
+            loop._sock_accept_wait(fut, sock, fd)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result((conn, address))
 
     def _stop_serving(self, sock: socket.socket) -> None:
         """Stop accepting on a server socket and close it; a Unix server socket that
