@@ -134,6 +134,19 @@ class LoopCore:
     def _mark_closed(self) -> None: ...
     def _sock_recv_now(self, sock: Any, n: int) -> bytes | None: ...
     def _sock_send_now(self, sock: Any, data: Any) -> int | None: ...
+    def _sock_recv_wait(self, sock: Any, fd: int, n: int) -> asyncio.Future[bytes]: ...
+    def _sock_recv_into_wait(
+        self, sock: Any, fd: int, buf: Any, nbytes: int
+    ) -> asyncio.Future[int]: ...
+    def _sock_sendall_wait(
+        self, sock: Any, fd: int, view: Any, offset: int
+    ) -> asyncio.Future[None]: ...
+    def _sock_connect_wait(
+        self, fut: asyncio.Future[None], sock: Any, fd: int, address: Any
+    ) -> None:
+        """Settles ``fut`` once the connect in progress on ``sock`` has an outcome."""
+    def _sock_accept_wait(self, fut: asyncio.Future[Any], sock: Any, fd: int) -> None:
+        """Settles ``fut`` with ``(conn, address)`` once ``sock`` can accept."""
 
 class ThreadPool:
     """The native default executor's thread pool (``src/executor.rs``)."""
@@ -285,3 +298,7 @@ def _watchdog_after_fork() -> None:
 
 def _watchdog_stop() -> None:
     """Interpreter exit: the watchdog thread stops taking the GIL."""
+
+def _install_face_methods(stream_face: type, datagram_face: type) -> None:
+    """Installs write/writelines/is_closing and sendto/is_closing as native methods on the
+    transports' Python face classes."""
