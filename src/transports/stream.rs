@@ -360,6 +360,13 @@ impl StreamTransport {
             return Ok(false);
         }
         let lost = slf.get().state.with(py, |s| {
+            // A transport that already let go of its socket (connection_lost ran after a
+            // close() that flushed the buffer) counts as lost too: nothing it is given can be
+            // sent, and buffering it would grow for ever. asyncio raises AttributeError from
+            // its missing socket there; ferroloop drops the data as after any loss.
+            if s.io.fd < 0 && s.conn_lost == 0 {
+                s.conn_lost = 1;
+            }
             let lost = s.conn_lost;
             if lost > 0 {
                 s.conn_lost += 1;
