@@ -124,6 +124,7 @@ class SockWorld(World):
 
     def step(self, n: int) -> None:
         for _ in range(n):
+            self.record("iteration")
             self.run_once()
 
     def before_close(self) -> None:
@@ -183,6 +184,24 @@ class SockMachine(DiffMachine):
         super().each(*args, **kwargs)
         self.refresh()
 
+    def normalise(self, trace: list[tuple]) -> list[tuple]:
+        """Operations that complete in the same iteration are compared as a multiset: their
+        order is the order of the sockets in epoll's ready list, which asyncio does not
+        define. (ferroloop keeps a finished wait's registration for the next one on the same
+        socket, so such a socket can stay ahead of one registered since: asyncio's order
+        differs then.)"""
+        out: list[tuple] = []
+        run: list[tuple] = []
+        for ev in super().normalise(trace) + [("end",)]:
+            if ev[0] == "op-done":
+                run.append(ev)
+                continue
+            out.extend(sorted(run, key=repr))
+            run = []
+            if ev[0] != "end":
+                out.append(ev)
+        return out
+
     @initialize()
     def first_pair(self):
         pid = self.new_id()
@@ -212,10 +231,13 @@ class SockMachine(DiffMachine):
     @precondition(lambda self: self.accepts < 4)
     @rule()
     def sock_accept(self):
+        if self.busy(0, 0, "accept"):  # one accept at a time, as one recv (see busy())
+            return
         oid = self.new_id()
         self.accepts += 1
         self.each("sock_accept", oid)
         self.oids.append(oid)
+        self.directions[oid] = (0, 0, "accept")
 
     @precondition(lambda self: self.oids)
     @rule(data=st.data())
