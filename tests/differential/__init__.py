@@ -20,7 +20,8 @@ differs between two loops (object addresses, task names, port numbers).
 
 Set ``FERROLOOP_DIFF_SELFCHECK=1`` to run both worlds on asyncio's loop: any difference then
 is non-determinism in a machine, not a ferroloop defect. ``FERROLOOP_HYPOTHESIS_PROFILE``
-selects the settings profile (``ci``, the default, or ``long``); see README.md here.
+selects the settings profile (``ci``, the default, or ``long``), and
+``FERROLOOP_HYPOTHESIS_EXAMPLES`` overrides its example count; see README.md here.
 """
 
 from __future__ import annotations
@@ -46,16 +47,19 @@ import ferroloop
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # max_examples of a profile is the budget of a machine of weight 1 (see run_machine).
+# "ci": part of every test run; derandomized, so that a run explores the same examples as the
+# last one did (a red CI means a change, not bad luck) -- exploring is the long run's job.
 settings.register_profile(
     "ci",
-    max_examples=30,
-    stateful_step_count=30,
+    max_examples=100,
+    stateful_step_count=40,
     deadline=None,
     database=None,
-    derandomize=False,
+    derandomize=True,
     print_blob=True,
     suppress_health_check=list(HealthCheck),
 )
+# "long": random examples, many more of them and longer programs.
 settings.register_profile(
     "long",
     max_examples=1000,
@@ -78,9 +82,10 @@ def run_machine(machine: type[RuleBasedStateMachine], weight: float = 1.0) -> No
     """Runs a machine with the selected profile; weight scales the profile's max_examples
     (a machine whose examples are slow gets fewer)."""
     base = settings.get_profile(PROFILE)
+    examples = int(os.environ.get("FERROLOOP_HYPOTHESIS_EXAMPLES", base.max_examples))
     run_state_machine_as_test(
         machine,
-        settings=settings(base, max_examples=max(1, int(base.max_examples * weight))),
+        settings=settings(base, max_examples=max(1, int(examples * weight))),
     )
 
 
