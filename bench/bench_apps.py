@@ -1063,7 +1063,9 @@ def perf_samples(path: str, pid: int) -> list[list[Frame]]:
         text=True,
         timeout=900,
     )
-    if proc.returncode != 0:
+    # perf script may exit non-zero after a harmless complaint (addr2line on an anonymous
+    # mapping, say) with its output complete: only no output at all is an error.
+    if not proc.stdout.strip():
         raise RuntimeError(f"perf script: {proc.stderr.strip()[-300:]}")
     frame_re = re.compile(r"^\t\s*([0-9a-f]+)\s+(.*)$")
     samples: list[list[Frame]] = []
@@ -1396,15 +1398,19 @@ def _run_profiles(
                     break
                 rec[f"{kind}_run"] = res.get("extra", {})
                 rec[f"{kind}_rate"] = res["ops"]
-                if kind == "perf":
-                    pid = int(res["extra"]["pid"])
-                    try:
-                        rec[kind] = analyse_perf(out, loop, pid)
-                    finally:
-                        with contextlib.suppress(OSError):
-                            os.unlink(f"/tmp/perf-{pid}.map")  # the trampoline's symbols
-                else:
-                    rec[kind] = analyse_pyspy(out, loop)
+                try:
+                    if kind == "perf":
+                        pid = int(res["extra"]["pid"])
+                        try:
+                            rec[kind] = analyse_perf(out, loop, pid)
+                        finally:
+                            with contextlib.suppress(OSError):
+                                os.unlink(f"/tmp/perf-{pid}.map")  # the trampoline's symbols
+                    else:
+                        rec[kind] = analyse_pyspy(out, loop)
+                except Exception as exc:  # noqa: BLE001 - one bad profile is not the run
+                    rec["error"] = f"{kind} analysis: {type(exc).__name__}: {exc}"
+                    break
             if "error" in rec:
                 failed = True
                 print(f"{r} / {loop}: {rec['error']}", flush=True)
