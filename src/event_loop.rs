@@ -749,8 +749,10 @@ impl LoopCore {
         match res {
             Ok((old, lingered)) => {
                 drop(lingered);
-                if let Some(Io::Handle(h)) = old {
-                    cancel_handle(py, h.bind(py))?;
+                match old {
+                    Some(Io::Handle(h)) => cancel_handle(py, h.bind(py))?,
+                    Some(Io::Sock(w)) => sockops::displace(py, &w),
+                    _ => {}
                 }
             }
             Err((e, rejected)) => {

@@ -267,6 +267,14 @@ pub(crate) fn closed_under(slf: &Bound<'_, SockWaiter>) -> PyResult<bool> {
     Ok(current_fd(sock.bind(py))? != fd)
 }
 
+/// Another operation on the same socket took this one's place in the reactor (as asyncio's
+/// new reader or writer handle replaces and cancels the old one): it no longer runs, even if
+/// its wake-up is already queued for this iteration. Its future is left as it is, as
+/// asyncio leaves it.
+pub(crate) fn displace(py: Python<'_>, w: &Py<SockWaiter>) {
+    let _ = w.get().state.with(py, |s| s.registered = false);
+}
+
 /// Still waiting (registered in the reactor)?
 pub(crate) fn is_waiting(py: Python<'_>, w: &Py<SockWaiter>) -> bool {
     w.get().state.with(py, |s| s.registered).unwrap_or(true)

@@ -278,20 +278,11 @@ def _run_once(loop) -> None:
     loop.run_forever()
 
 
-def test_replaced_sock_wait_runs(loop, loop_name, request):
+def test_replaced_sock_wait_runs(loop):
     """A sock_sendall() waiting for writability is replaced by a second sock_sendall() on the
     same socket (asyncio: the newer wait wins, the older one never completes). If the older
     wait's wake-up was already queued for the current iteration, asyncio cancels it with the
     replaced handle: none of its bytes follow the newer call's."""
-    if loop_name == "ferroloop":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="ferroloop defect: a sock_* wait replaced by another on the same socket "
-                "still runs when its wake-up was already queued in that iteration (its bytes "
-                "go out after the newer sock_sendall's)",
-            )
-        )
     a, b = socket.socketpair()
     try:
         for s in (a, b):
