@@ -1057,11 +1057,16 @@ def perf_samples(path: str, pid: int) -> list[list[Frame]]:
     """Call chains from ``perf script`` of process ``pid`` (perf -p also follows the children
     started after it attached, e.g. wrk): per sample, frames from the leaf up, each as (dso,
     symbol, source line, [(function, source line) inlined at that address, innermost first])."""
+    # restore_signals=False: perf inherits Python's ignored SIGPIPE. perf resolves source
+    # lines through addr2line child processes; one for an anonymous executable mapping
+    # ("//anon") exits at once, and with SIGPIPE at its default the next write kills perf,
+    # leaving a truncated sample stream.
     proc = subprocess.run(
         ["perf", "script", "-i", path, "-F", "pid,ip,sym,dso,srcline"],
         capture_output=True,
         text=True,
         timeout=900,
+        restore_signals=False,
     )
     # perf script may exit non-zero after a harmless complaint (addr2line on an anonymous
     # mapping, say) with its output complete: only no output at all is an error.
@@ -1377,7 +1382,8 @@ def _run_profiles(
         if exact
         else "perf, and py-spy for the Python part"
     )
-    print(f"# {how}; profiles in {outdir}; load average {_harness._loadavg()}", flush=True)
+    load_start = _harness._loadavg()
+    print(f"# {how}; profiles in {outdir}; load average {load_start}", flush=True)
     results: dict[str, dict[str, Any]] = {}
     failed = False
     for r in rows:
@@ -1446,6 +1452,7 @@ def _run_profiles(
             "quick": args.quick,
             "profile_dir": outdir,
             "trampoline": exact,
+            "loadavg_start": load_start,
             "loadavg_end": _harness._loadavg(),
             "duration_s": window(args.quick)[1],
         }
@@ -1578,7 +1585,7 @@ def summary(paths: list[str]) -> list[str]:
         "| row | unit | asyncio | uvloop | ferroloop | ferroloop / uvloop: best rate |"
         " CPU per request, us (uvloop / ferroloop) | ferroloop / uvloop: CPU efficiency |"
         " same, --tune-malloc | loop share of the CPU (uvloop / ferroloop) |"
-        " ferroloop's limit / uvloop |",
+        " limit: ferroloop's rate with a free loop | a free loop / uvloop |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     summ = timing["summary"]
@@ -1598,11 +1605,15 @@ def summary(paths: list[str]) -> list[str]:
         cpu = f"{u:.1f} / {f:.1f}" if u and f else "-"
         su, sf = share(key, "uvloop"), share(key, "ferroloop")
         shares = f"{su:.1%} / {sf:.1%}" if su is not None and sf is not None else "-"
-        limit = f"{u / (f * (1 - sf)):.2f}x" if u and f and sf is not None else "-"
+        # The rate with a loop that costs nothing: ferroloop's rate / (1 - its loop share);
+        # and what any loop could reach against uvloop if the rest cost what it costs on
+        # uvloop: 1 / (1 - uvloop's share).
+        limit = f"{fmt_rate(fb / (1 - sf))}" if fb and sf is not None else "-"
+        free = f"{1 / (1 - su):.2f}x" if su is not None else "-"
         out.append(
             f"| {info['title']} | {info['unit']} | {best('asyncio')} | {best('uvloop')} | "
             f"{best('ferroloop')} | {ratio} | {cpu} | {eff(timing, key)} | {eff(tuned, key)} | "
-            f"{shares} | {limit} |"
+            f"{shares} | {limit} | {free} |"
         )
     meta = timing["meta"]
     out.append("")
