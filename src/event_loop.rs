@@ -1499,9 +1499,9 @@ impl LoopCore {
         let py = slf.py();
         let name = name.filter(|n| !n.is_none());
         let context = context.filter(|c| !c.is_none());
-        let (factory, debug) = slf.get().state.with(py, |s| -> PyResult<_> {
+        let factory = slf.get().state.with(py, |s| -> PyResult<_> {
             s.check_closed()?;
-            Ok((s.task_factory.as_ref().map(|f| f.clone_ref(py)), s.debug))
+            Ok(s.task_factory.as_ref().map(|f| f.clone_ref(py)))
         })??;
         match factory {
             None => {
@@ -1509,14 +1509,10 @@ impl LoopCore {
                 let mut args: Vec<&Bound<'py, PyAny>> = vec![coro, slf.as_any()];
                 args.extend(name);
                 args.extend(context);
+                // In debug mode the task records its creation stack, which ends at the
+                // caller: this native call has no frame of its own (asyncio's Python
+                // create_task deletes its own frame from the record; there is none here).
                 let task = pyhelpers::vectorcall(&pyhelpers::task_type(py)?, &args, Some(&kw))?;
-                if debug {
-                    // Drop the frame of this call from the creation stack, as asyncio does.
-                    let tb = task.getattr(intern!(py, "_source_traceback"))?;
-                    if tb.is_truthy()? {
-                        tb.del_item(-1)?;
-                    }
-                }
                 Ok(task)
             }
             Some(factory) => {
