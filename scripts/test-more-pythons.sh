@@ -31,8 +31,7 @@ for minor in 3.12 3.13; do
   if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv"
   fi
-  "$venv/bin/python" -m pip install -q "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" \
-    "hypothesis>=6.100,<7" "prometheus_client>=0.17" "opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20"
+  "$venv/bin/python" -m pip install -q -r scripts/requirements-more-pythons.txt
   echo "== build (debug) for $("$venv/bin/python" -V)"
   VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$ROOT/target/py$minor" \
     "$venv/bin/maturin" develop -q
