@@ -7,14 +7,30 @@ helpers, so that ferroloop's messages read exactly like asyncio's.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
-from asyncio import format_helpers
+from asyncio import coroutines, format_helpers
 from typing import Any
 
+# Python 3.14 (and the maintenance releases that got the change) shows a callback's arguments
+# in reprs and messages only in debug mode: _format_callback_source(..., debug=).
+_SOURCE_TAKES_DEBUG = (
+    "debug" in inspect.signature(format_helpers._format_callback_source).parameters
+)
 
-def format_callback_source(callback: Any, args: Any) -> str:
-    """``cb(arg, ...) at file.py:12``, as asyncio writes callbacks in messages."""
+
+def format_callback_source(callback: Any, args: Any, debug: bool = False) -> str:
+    """``cb(arg, ...) at file.py:12``, as asyncio writes callbacks in messages (arguments
+    elided outside debug mode where asyncio does so)."""
+    if _SOURCE_TAKES_DEBUG:
+        return format_helpers._format_callback_source(callback, args or (), debug=debug)
     return format_helpers._format_callback_source(callback, args or ())
+
+
+def _loop_debug(handle: Any) -> bool:
+    # asyncio asks the handle's loop; ferroloop's handles do not keep theirs, but one made in
+    # debug mode carries its creation stack (asyncio's handles record it in debug mode only).
+    return bool(handle._source_traceback)
 
 
 def format_handle(handle: Any) -> str:
@@ -25,7 +41,7 @@ def format_handle(handle: Any) -> str:
     if hasattr(handle, "_when"):
         info.insert(2 if handle._cancelled else 1, f"when={handle._when}")
     if handle._callback is not None:
-        info.append(format_callback_source(handle._callback, handle._args))
+        info.append(format_callback_source(handle._callback, handle._args, _loop_debug(handle)))
     tb = handle._source_traceback
     if tb:
         frame = tb[-1]
@@ -48,4 +64,10 @@ def extract_stack() -> Any:
 
 def is_coroutine_like(obj: Any) -> bool:
     """asyncio refuses coroutines and coroutine functions as plain callbacks."""
-    return asyncio.iscoroutine(obj) or asyncio.iscoroutinefunction(obj)
+    return asyncio.iscoroutine(obj) or _iscoroutinefunction(obj)
+
+
+# 3.14 deprecated asyncio.iscoroutinefunction; its loop checks with the private one.
+_iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", None) or (
+    asyncio.iscoroutinefunction
+)
