@@ -649,6 +649,9 @@ impl LoopCore {
         };
         check_callback(py, callback, method, debug)?;
         let h = make_handle(py, callback, args, context, debug, false)?.into_py(py)?;
+        if threadsafe {
+            h.get().mark_threadsafe(py);
+        }
         // Part of the loop while queued (see `handles::visit_queued`).
         leave_gc(h.bind(py));
         let queued = h.clone_ref(py);
@@ -705,9 +708,10 @@ impl LoopCore {
         py: Python<'_>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let debug = self.state.with(py, |s| s.schedule_checks(false))??;
-        let h = make_handle(py, callback, args, None, debug, false)?.into_py(py)?;
+        let h = make_handle(py, callback, args, context, debug, false)?.into_py(py)?;
         self.state.with(py, |s| s.push_ready(h))
     }
 
@@ -1536,6 +1540,53 @@ impl LoopCore {
                 Ok(task)
             }
         }
+    }
+
+    /// Python 3.14+'s `create_task(coro, **kwargs)` (`_loop.py` binds it as `create_task`
+    /// there): the keyword arguments go to `asyncio.Task(coro, loop=self, **kwargs)` (3.14's
+    /// `eager_start=`, say), or exactly as given to the task factory,
+    /// `factory(self, coro, **kwargs)`, which then also handles `name`.
+    #[pyo3(signature = (coro, **kwargs))]
+    fn _create_task_kwargs<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let kwargs = kwargs.filter(|k| !k.is_empty());
+        let (factory, debug) = slf.get().state.with(py, |s| -> PyResult<_> {
+            s.check_closed()?;
+            Ok((s.task_factory.as_ref().map(|f| f.clone_ref(py)), s.debug))
+        })??;
+        if let Some(factory) = factory {
+            return factory.bind(py).call((slf, coro), kwargs);
+        }
+        let task = match kwargs {
+            None => {
+                let kw = pyhelpers::task_kwnames(py, false, false)?;
+                pyhelpers::vectorcall(&pyhelpers::task_type(py)?, &[coro, slf.as_any()], Some(&kw))?
+            }
+            Some(given) => {
+                let loop_key = intern!(py, "loop");
+                if given.contains(loop_key)? {
+                    // What `Task(coro, loop=self, **kwargs)` raises in asyncio.
+                    return Err(PyTypeError::new_err(
+                        "asyncio.tasks.Task() got multiple values for keyword argument 'loop'",
+                    ));
+                }
+                let kw = given.copy()?;
+                kw.set_item(loop_key, slf)?;
+                pyhelpers::task_type(py)?.call((coro,), Some(&kw))?
+            }
+        };
+        if debug {
+            // Drop the frame of this call from the creation stack, as asyncio does.
+            let tb = task.getattr(intern!(py, "_source_traceback"))?;
+            if tb.is_truthy()? {
+                tb.del_item(-1)?;
+            }
+        }
+        Ok(task)
     }
 
     fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {

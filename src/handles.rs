@@ -59,6 +59,8 @@ const HAS_EXTRA: u8 = 1 << 5;
 /// The context is the handle's own copy, hidden from the cyclic GC while the handle holds it
 /// (see [`Handle::untrack_own_context`]).
 const CONTEXT_UNTRACKED: u8 = 1 << 6;
+/// Made by `call_soon_threadsafe` (Python 3.14+ gives those asyncio's `_ThreadSafeHandle`).
+const THREADSAFE: u8 = 1 << 7;
 
 /// Debug-mode data, kept out of the handle itself (see the module docs).
 #[derive(Default)]
@@ -220,6 +222,10 @@ impl Handle {
 
     pub(crate) fn is_cancelled(&self) -> bool {
         self.has(CANCELLED)
+    }
+
+    pub(crate) fn mark_threadsafe(&self, _py: Python<'_>) {
+        self.set(THREADSAFE, true);
     }
 
     pub(crate) fn set_scheduled(&self, _py: Python<'_>, on: bool) {
@@ -683,9 +689,17 @@ impl Handle {
 
     /// `asyncio.Handle`, so that `isinstance(handle, asyncio.Handle)` holds as the asyncio
     /// documentation promises for `call_soon`'s result (`type(handle)` stays this class).
+    /// A `call_soon_threadsafe` handle answers `asyncio.events._ThreadSafeHandle` where
+    /// asyncio has that subclass (3.14+).
     #[getter]
     fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(py.import("asyncio.events")?.getattr("Handle")?.unbind())
+        let events = py.import("asyncio.events")?;
+        if self.has(THREADSAFE) {
+            if let Some(cls) = events.getattr_opt("_ThreadSafeHandle")? {
+                return Ok(cls.unbind());
+            }
+        }
+        Ok(events.getattr("Handle")?.unbind())
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {

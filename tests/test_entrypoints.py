@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -34,17 +35,67 @@ def test_runner_with_loop_factory():
         assert isinstance(runner.get_loop(), ferroloop.Loop)
 
 
+def _policy_deprecated():
+    """Python 3.14 deprecated asyncio's policies: ferroloop's policy and install() warn there."""
+    if sys.version_info >= (3, 14):
+        return pytest.warns(DeprecationWarning, match="deprecated")
+    return contextlib.nullcontext()
+
+
+def _policy_calls():
+    """asyncio's own get/set_event_loop_policy warn on 3.14+; not what these tests check."""
+    cm = contextlib.ExitStack()
+    if sys.version_info >= (3, 14):
+        cm.enter_context(pytest.warns(DeprecationWarning))
+    return cm
+
+
 def test_policy_and_install():
-    old = asyncio.get_event_loop_policy()
+    with _policy_calls():
+        old = asyncio.get_event_loop_policy()
     try:
-        ferroloop.install()
-        assert isinstance(asyncio.get_event_loop_policy(), ferroloop.EventLoopPolicy)
+        with _policy_deprecated():
+            ferroloop.install()
+        with _policy_deprecated():
+            policy_cls = ferroloop.EventLoopPolicy
+        with _policy_calls():
+            assert isinstance(asyncio.get_event_loop_policy(), policy_cls)
         loop = asyncio.new_event_loop()
         assert isinstance(loop, ferroloop.Loop)
         loop.close()
         assert asyncio.run(_loop_type()) is ferroloop.Loop
     finally:
-        asyncio.set_event_loop_policy(old)
+        with _policy_calls():
+            asyncio.set_event_loop_policy(old)
+
+
+def test_import_and_run_do_not_warn():
+    # 3.14+: nothing of ferroloop's own import or its recommended entry points touches the
+    # deprecated policy API.
+    code = textwrap.dedent(
+        """
+        import asyncio, sys, ferroloop
+        async def main():
+            return type(asyncio.get_running_loop()).__name__
+        assert ferroloop.run(main()) == "Loop"
+        with asyncio.Runner(loop_factory=ferroloop.new_event_loop) as r:
+            assert r.run(main()) == "Loop"
+        if sys.version_info >= (3, 12):
+            assert asyncio.run(main(), loop_factory=ferroloop.new_event_loop) == "Loop"
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.run(loop_factory=) is 3.12+")
+def test_asyncio_run_with_loop_factory():
+    assert asyncio.run(_loop_type(), loop_factory=ferroloop.new_event_loop) is ferroloop.Loop
 
 
 def test_loop_is_abstract_event_loop():
@@ -132,18 +183,24 @@ def test_python_dash_m_ferroloop_usage():
 
 
 def test_get_event_loop_under_policy():
-    old = asyncio.get_event_loop_policy()
+    with _policy_calls():
+        old = asyncio.get_event_loop_policy()
     try:
-        asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+        with _policy_deprecated():
+            policy = ferroloop.EventLoopPolicy()
+        with _policy_calls():
+            asyncio.set_event_loop_policy(policy)
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         assert asyncio.get_event_loop() is loop
         loop.close()
         asyncio.set_event_loop(None)
     finally:
-        asyncio.set_event_loop_policy(old)
+        with _policy_calls():
+            asyncio.set_event_loop_policy(old)
 
 
 @pytest.mark.parametrize("name", ["Handle", "TimerHandle", "Loop", "EventLoopPolicy"])
 def test_public_names(name):
-    assert hasattr(ferroloop, name)
+    with _policy_deprecated() if name == "EventLoopPolicy" else contextlib.nullcontext():
+        assert hasattr(ferroloop, name)

@@ -18,7 +18,7 @@ import os
 import runpy
 import sys
 
-from . import _watchdog, install
+from . import _install, _watchdog
 
 USAGE = (
     "usage: python -m ferroloop [--warn-blocking DURATION] (script.py | -m module | -c code)"
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print(USAGE, file=sys.stderr)
         return 2
-    install()
+    _install()
     if args[0] == "-m":
         if len(args) < 2:
             print(USAGE, file=sys.stderr)

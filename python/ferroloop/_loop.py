@@ -395,6 +395,10 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
 
     # ---------------------------------------------------------------- futures and tasks
     # create_future, create_task, set_task_factory and get_task_factory are native (LoopCore).
+    if sys.version_info >= (3, 14):
+        # 3.14: create_task(coro, **kwargs); the keywords (eager_start=, ...) go to asyncio.Task,
+        # or exactly as given to the task factory, as asyncio's loop does.
+        create_task = LoopCore._create_task_kwargs  # type: ignore[assignment]
 
     # ---------------------------------------------------------------- errors
 
@@ -469,7 +473,7 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
                 )
 
     def _report_callback_error(self, handle: Handle, exc: BaseException) -> None:
-        source = _format.format_callback_source(handle._callback, handle._args)
+        source = _format.format_callback_source(handle._callback, handle._args, self.get_debug())
         context: dict[str, Any] = {
             "message": f"Exception in callback {source}",
             "exception": exc,
@@ -612,8 +616,10 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
         *,
         extra: dict[str, Any] | None = None,
         server: Any = None,
+        context: Any = None,
     ) -> asyncio.Transport:
-        return SocketTransport(self, sock, protocol, waiter, extra, server)
+        # context: Python 3.15+ passes the one every protocol callback runs in.
+        return SocketTransport(self, sock, protocol, waiter, extra, server, context)
 
     def _make_datagram_transport(
         self,
@@ -638,6 +644,7 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
         server: Any = None,
         ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+        context: Any = None,
     ) -> asyncio.Transport:
         # TLS runs in asyncio's SSLProtocol (the ssl module's memory BIOs) over the native
         # socket transport, with a faster read path (_tls.py).
@@ -651,7 +658,7 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
-        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server, context=context)
         return ssl_protocol._app_transport
 
     # ---------------------------------------------------------------- signals

@@ -241,6 +241,7 @@ class NetworkingMixin:
         server: Any = None,
         ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+        context: Any = None,
     ) -> None:
         """Builds the protocol and transport of an accepted connection (asyncio's
         ``_accept_connection2``), with two differences when building them fails (the
@@ -268,10 +269,11 @@ class NetworkingMixin:
                     server=server,
                     ssl_handshake_timeout=ssl_handshake_timeout,
                     ssl_shutdown_timeout=ssl_shutdown_timeout,
+                    context=context,
                 )
             else:
                 transport = loop._make_socket_transport(
-                    conn, protocol, waiter=waiter, extra=extra, server=server
+                    conn, protocol, waiter=waiter, extra=extra, server=server, context=context
                 )
             built = True
             try:

@@ -132,13 +132,16 @@ class _NativeFace:
     def _force_close(self, exc: BaseException | None) -> None:
         self._core._force_close(exc)
 
-    def _announce(self, loop: Any, protocol: Any, waiter: asyncio.Future | None) -> None:
-        """connection_made, then reading, then the waiter, each in a later callback."""
-        loop.call_soon(protocol.connection_made, self)
+    def _announce(
+        self, loop: Any, protocol: Any, waiter: asyncio.Future | None, context: Any = None
+    ) -> None:
+        """connection_made, then reading, then the waiter, each in a later callback (in the
+        transport's context, if it has one: Python 3.15+)."""
+        loop.call_soon(protocol.connection_made, self, context=context)
         # Reading starts once connection_made() has run (it may pause reading).
-        loop.call_soon(self._core._start_reading)
+        loop.call_soon(self._core._start_reading, context=context)
         if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None, context=context)
 
     @property
     def _protocol(self) -> Any:
@@ -245,6 +248,7 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
         waiter: asyncio.Future | None = None,
         extra: dict[str, Any] | None = None,
         server: Any = None,
+        context: Any = None,
     ) -> None:
         # Not _FlowControlMixin.__init__: its limits and counters live in the native core.
         self._extra = _Extra(extra, sock)
@@ -262,13 +266,14 @@ class SocketTransport(_NativeFace, transports._FlowControlMixin):
         self._loop = loop
         self._server = server
         self._protocol_connected = False
-        self._core = StreamTransport(loop, self._sock_fd, self)
+        # context (Python 3.15+): every protocol callback runs in it, as in asyncio.
+        self._core = StreamTransport(loop, self._sock_fd, self, context)
         self.set_protocol(protocol)
         if server is not None:
             server._attach(*_server_hook_args(self))
         loop._transports[self._sock_fd] = self
         _set_nodelay(sock)
-        self._announce(loop, protocol, waiter)
+        self._announce(loop, protocol, waiter, context)
 
     # -- the core's methods that are not bound per instance ----------------------------------
 

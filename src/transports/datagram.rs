@@ -479,7 +479,8 @@ impl DatagramTransport {
         let cb = owner
             .bind(py)
             .getattr(intern!(py, "_call_connection_lost"))?;
-        lp.get().schedule_soon(py, &cb, &PyTuple::new(py, [exc])?)
+        lp.get()
+            .schedule_soon(py, &cb, &PyTuple::new(py, [exc])?, None)
     }
 
     fn call_protocol_flow(

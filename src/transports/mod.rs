@@ -24,7 +24,9 @@ use crate::reactor::Io;
 /// it, the user's reading pause, whether it is closing, and the `contextvars.Context` each
 /// direction's protocol callbacks run in (a copy of the context current when reading was
 /// started or resumed, and when the writer was registered, as asyncio's reader and writer
-/// handles capture them).
+/// handles capture them). On Python 3.15+, asyncio gives a transport one context at creation
+/// (`context=`, a copy made when the connection was created or accepted) and runs all its
+/// protocol callbacks in it: `fixed_ctx`, used by both directions when set.
 pub(crate) struct Interest {
     /// -1 once the transport let go of its socket.
     pub fd: RawFd,
@@ -36,6 +38,7 @@ pub(crate) struct Interest {
     pub writing: bool,
     pub read_ctx: Option<Py<PyAny>>,
     pub write_ctx: Option<Py<PyAny>>,
+    pub fixed_ctx: Option<Py<PyAny>>,
 }
 
 impl Interest {
@@ -48,7 +51,13 @@ impl Interest {
             writing: false,
             read_ctx: None,
             write_ctx: None,
+            fixed_ctx: None,
         }
+    }
+
+    /// The context a callback scheduled for this transport runs in: the fixed one if any.
+    pub fn callback_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.fixed_ctx.as_ref().map(|c| c.clone_ref(py))
     }
 }
 
@@ -125,7 +134,14 @@ pub(crate) fn watch<T: NativeTransport>(slf: &Bound<'_, T>, write: bool, on: boo
     };
     lp.get()
         .watch_native(py, fd, on.then(|| T::as_io(slf)), write)?;
-    let ctx = if on { Some(copy_context(py)?) } else { None };
+    let ctx = if on {
+        match slf.get().interest(py, |s| s.callback_context(py))? {
+            Some(fixed) => Some(fixed),
+            None => Some(copy_context(py)?),
+        }
+    } else {
+        None
+    };
     let old = slf.get().interest(py, |s| {
         if write {
             s.writing = on;

@@ -113,6 +113,7 @@ impl StreamState {
         out.extend(self.empty_waiter.take());
         out.extend(self.io.read_ctx.take());
         out.extend(self.io.write_ctx.take());
+        out.extend(self.io.fixed_ctx.take());
         if let Some(l) = self.loop_.take() {
             out.push(l.into_any());
         }
@@ -266,7 +267,10 @@ impl StreamTransport {
         let cb = owner
             .bind(py)
             .getattr(intern!(py, "_call_connection_lost"))?;
-        lp.get().schedule_soon(py, &cb, &PyTuple::new(py, [exc])?)
+        let ctx = slf.get().state.with(py, |s| s.io.callback_context(py))?;
+        let ctx = ctx.map(|c| c.into_bound(py));
+        lp.get()
+            .schedule_soon(py, &cb, &PyTuple::new(py, [exc])?, ctx.as_ref())
     }
 
     /// Flow control towards the protocol: `pause_writing()` once the buffer is above the
@@ -676,16 +680,26 @@ impl NativeTransport for StreamTransport {
 
 #[pymethods]
 impl StreamTransport {
+    /// `context`: the one every protocol callback runs in (Python 3.15+'s transports get one
+    /// at creation); None: each direction captures its own, as asyncio did before 3.15.
     #[new]
-    fn py_new(lp: Bound<'_, LoopCore>, fd: RawFd, owner: Py<PyAny>) -> PyResult<Self> {
+    #[pyo3(signature = (lp, fd, owner, context=None))]
+    fn py_new(
+        lp: Bound<'_, LoopCore>,
+        fd: RawFd,
+        owner: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
         if fd < 0 {
             return Err(PyValueError::new_err(format!(
                 "Invalid file descriptor: {fd}"
             )));
         }
+        let mut io = Interest::new(fd);
+        io.fixed_ctx = context.filter(|c| !c.is_none(lp.py()));
         Ok(StreamTransport {
             state: GilCell::new(StreamState {
-                io: Interest::new(fd),
+                io,
                 loop_: Some(lp.unbind()),
                 owner: Some(owner),
                 protocol: None,
@@ -753,8 +767,14 @@ impl StreamTransport {
     pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         if !is_bytes_like(data) {
+            // asyncio's wording changed in 3.14.
+            let expected = if py.version_info() >= (3, 14) {
+                "a bytes, bytearray, or memoryview object"
+            } else {
+                "a bytes-like object"
+            };
             return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {}",
+                "data argument must be {expected}, not {}",
                 data.get_type().name()?.repr()?
             )));
         }
@@ -1037,7 +1057,7 @@ impl StreamTransport {
         // to enter our own cell, which refuses (and we skip) if it is in use.
         let py = unsafe { Python::assume_attached() };
         let res = self.state.try_with(py, |s| -> Result<(), PyTraverseError> {
-            for o in [&s.owner, &s.protocol, &s.empty_waiter]
+            for o in [&s.owner, &s.protocol, &s.empty_waiter, &s.io.fixed_ctx]
                 .into_iter()
                 .flatten()
             {

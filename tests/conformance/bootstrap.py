@@ -36,6 +36,7 @@ import threading
 import time
 import traceback
 import unittest
+import warnings
 
 LOOP_MODULES = {
     "uvloop": "uvloop",
@@ -57,6 +58,24 @@ def emit(event: dict) -> None:
         line = line[n:]
 
 
+# Python 3.14 deprecated the policy API (asyncio.get/set_event_loop_policy,
+# asyncio.DefaultEventLoopPolicy, AbstractEventLoopPolicy...; removal planned for 3.16) and
+# keeps the machinery under private names, which its own test-suite uses: so does the harness,
+# adding no deprecation warnings of its own.
+_get_policy = getattr(asyncio.events, "_get_event_loop_policy", None) or (
+    asyncio.events.get_event_loop_policy
+)
+_set_policy = getattr(asyncio.events, "_set_event_loop_policy", None) or (
+    asyncio.events.set_event_loop_policy
+)
+_BASE_POLICY = vars(asyncio.events).get("_BaseDefaultEventLoopPolicy") or vars(asyncio.events).get(
+    "BaseDefaultEventLoopPolicy"
+)
+_ABSTRACT_POLICY = vars(asyncio.events).get("_AbstractEventLoopPolicy") or vars(asyncio.events).get(
+    "AbstractEventLoopPolicy"
+)
+
+
 def _qualname(obj: object) -> str:
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
@@ -71,12 +90,14 @@ def _resolve_loop(name: str):
     """Return (loop_factory, policy_class) for a third-party loop package."""
     mod = importlib.import_module(LOOP_MODULES[name])
     factory = getattr(mod, "new_event_loop", None)
-    policy_cls = getattr(mod, "EventLoopPolicy", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.14+: policies are deprecated
+        policy_cls = getattr(mod, "EventLoopPolicy", None)
     if factory is None and policy_cls is None:
         raise RuntimeError(f"{name} has neither new_event_loop() nor EventLoopPolicy")
     if policy_cls is None:
         # Synthesize a policy around the factory (same shape as uvloop's policy).
-        class _SynthPolicy(asyncio.events.BaseDefaultEventLoopPolicy):
+        class _SynthPolicy(_BASE_POLICY):
             def _loop_factory(self):
                 return factory()
 
@@ -101,7 +122,7 @@ def _with_child_watcher_api(policy_cls):
     every test of those classes error in setUp regardless of what the loop does.  The loop
     itself may ignore the watcher (uvloop, rloop track children themselves).
     """
-    base_method = getattr(asyncio.events.AbstractEventLoopPolicy, "set_child_watcher", None)
+    base_method = getattr(_ABSTRACT_POLICY, "set_child_watcher", None)
     unix = asyncio.unix_events._UnixDefaultEventLoopPolicy
     if base_method is None or not hasattr(unix, "set_child_watcher"):
         return policy_cls, False  # Python 3.14+: no child watchers at all
@@ -175,7 +196,7 @@ def install_loop(name: str, shims: bool = True) -> dict:
     #    expect new_event_loop() to honour them) but if anybody managed to install
     #    asyncio's *original* default policy, still hand out the swapped loop.
     def new_event_loop():
-        policy = asyncio.events.get_event_loop_policy()
+        policy = _get_policy()
         if type(policy) is orig_default_policy:
             return factory()
         return policy.new_event_loop()
@@ -194,8 +215,15 @@ def install_loop(name: str, shims: bool = True) -> dict:
     #    every ``asyncio.set_event_loop_policy(None)`` (tearDownModule of most test modules,
     #    test_utils, IsolatedAsyncioTestCase...).  Patching the name in the asyncio package
     #    makes that reset fall back to the swapped policy instead of asyncio's default.
-    patch(asyncio, "DefaultEventLoopPolicy", policy_cls)
-    patch(asyncio.unix_events, "DefaultEventLoopPolicy", policy_cls)
+    #    3.14+: the reset imports ``_DefaultEventLoopPolicy`` from asyncio.unix_events, and
+    #    ``asyncio.DefaultEventLoopPolicy`` is a deprecated module __getattr__ (set directly).
+    if "_DefaultEventLoopPolicy" in vars(asyncio.unix_events):
+        asyncio.DefaultEventLoopPolicy = policy_cls
+        patched.append("asyncio.DefaultEventLoopPolicy")
+        patch(asyncio.unix_events, "_DefaultEventLoopPolicy", policy_cls)
+    else:
+        patch(asyncio, "DefaultEventLoopPolicy", policy_cls)
+        patch(asyncio.unix_events, "DefaultEventLoopPolicy", policy_cls)
     patch(asyncio, "SelectorEventLoop", SelectorEventLoop)
     patch(asyncio.unix_events, "SelectorEventLoop", SelectorEventLoop)
     patch(asyncio, "EventLoop", SelectorEventLoop)  # 3.13+
@@ -204,7 +232,7 @@ def install_loop(name: str, shims: bool = True) -> dict:
     patch(asyncio.events, "new_event_loop", new_event_loop)
 
     # 4. And the policy itself.
-    asyncio.set_event_loop_policy(policy_cls())
+    _set_policy(policy_cls())
     patched.append("asyncio.set_event_loop_policy()")
 
     shim_list = ["policy child-watcher API (asyncio.unix_events)"] if policy_shimmed else []
@@ -259,7 +287,7 @@ def loop_sanity(stage: str) -> dict:
             "ev": "loop",
             "stage": stage,
             "new_event_loop": _qualname(loop),
-            "policy": _qualname(asyncio.get_event_loop_policy()),
+            "policy": _qualname(_get_policy()),
         }
     finally:
         loop.close()
@@ -271,8 +299,8 @@ def loop_sanity(stage: str) -> dict:
     # asyncio.set_event_loop_policy(None) must fall back to the swapped policy.
     saved = asyncio.events._event_loop_policy
     try:
-        asyncio.set_event_loop_policy(None)
-        loop = asyncio.get_event_loop_policy().new_event_loop()
+        _set_policy(None)
+        loop = _get_policy().new_event_loop()
         info["after_policy_reset"] = _qualname(loop)
         loop.close()
     finally:
