@@ -651,6 +651,7 @@ impl LoopCore {
         let h = make_handle(py, callback, args, context, debug, false)?.into_py(py)?;
         if threadsafe {
             h.get().mark_threadsafe(py);
+            h.get().attach_thread_lock(py)?;
         }
         // Part of the loop while queued (see `handles::visit_queued`).
         leave_gc(h.bind(py));

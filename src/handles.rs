@@ -69,10 +69,15 @@ struct HandleExtra {
     source_traceback: Option<Py<PyAny>>,
     /// In debug mode asyncio keeps the handle's repr from the moment it was cancelled.
     repr_at_cancel: Option<Py<PyAny>>,
+    /// `call_soon_threadsafe`'s handles on Python 3.14+: asyncio's `_ThreadSafeHandle` holds a
+    /// `threading.RLock` while its callback runs, and `cancel()`/`cancelled()` take it, so
+    /// another thread asking waits until the callback has finished.
+    lock: Option<Py<PyAny>>,
 }
 
 /// Side table of [`HandleExtra`], keyed by the address of the `Handle` inside its Python
-/// object (stable for the object's life). Only debug-mode handles have entries.
+/// object (stable for the object's life). Only debug-mode handles and (3.14+)
+/// `call_soon_threadsafe`'s have entries.
 static EXTRAS: Mutex<BTreeMap<usize, HandleExtra>> = Mutex::new(BTreeMap::new());
 
 fn extras() -> std::sync::MutexGuard<'static, BTreeMap<usize, HandleExtra>> {
@@ -253,6 +258,34 @@ impl Handle {
         drop(old);
     }
 
+    /// Gives a `call_soon_threadsafe` handle its lock (see [`HandleExtra::lock`]) where
+    /// asyncio has `_ThreadSafeHandle` (3.14+).
+    pub(crate) fn attach_thread_lock(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(rlock) = pyhelpers::rlock_type(py)? else {
+            return Ok(());
+        };
+        let lock = rlock.call0()?.unbind();
+        let key = self as *const Handle as usize;
+        let old = extras().entry(key).or_default().lock.replace(lock);
+        self.set(HAS_EXTRA, true);
+        drop(old);
+        Ok(())
+    }
+
+    /// Runs `f` holding the handle's thread lock, if it has one.
+    fn locked<R>(&self, py: Python<'_>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
+        let Some(lock) = self.extra_field(py, |e| e.lock.as_ref()) else {
+            return f();
+        };
+        let lock = lock.bind(py);
+        lock.call_method0(pyo3::intern!(py, "acquire"))?;
+        let out = f();
+        let released = lock.call_method0(pyo3::intern!(py, "release"));
+        let out = out?;
+        released?;
+        Ok(out)
+    }
+
     fn set_repr_at_cancel(&self, _py: Python<'_>, repr: Py<PyAny>) {
         let key = self as *const Handle as usize;
         let old = extras()
@@ -410,6 +443,16 @@ pub(crate) enum RunOutcome {
 
 /// Runs a handle: enter its context, call `callback(*args)`, leave the context.
 pub(crate) fn run_handle(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunOutcome> {
+    let this = h.get();
+    if this.has(HAS_EXTRA) {
+        // A thread-safe handle runs holding its lock (and is checked for cancellation again
+        // under it), as asyncio's `_ThreadSafeHandle._run` does.
+        return this.locked(py, || run_handle_unlocked(py, h));
+    }
+    run_handle_unlocked(py, h)
+}
+
+fn run_handle_unlocked(py: Python<'_>, h: &Bound<'_, Handle>) -> PyResult<RunOutcome> {
     let this = h.get();
     if this.has(CANCELLED) {
         return Ok(RunOutcome::Done);
@@ -631,11 +674,12 @@ impl Handle {
     }
 
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
-        cancel_handle(slf.py(), slf)
+        let py = slf.py();
+        slf.get().locked(py, || cancel_handle(py, slf))
     }
 
-    fn cancelled(&self) -> bool {
-        self.has(CANCELLED)
+    fn cancelled(&self, py: Python<'_>) -> PyResult<bool> {
+        self.locked(py, || Ok(self.has(CANCELLED)))
     }
 
     fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {

@@ -141,3 +141,18 @@ pub fn vectorcall<'py>(
     // SAFETY: a non-NULL result is a new reference we now own; NULL means an exception is set.
     unsafe { Bound::from_owned_ptr_or_err(py, res) }
 }
+
+static RLOCK: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+
+/// `_thread.RLock`, where asyncio gives `call_soon_threadsafe`'s handles one (3.14+, the
+/// versions with `asyncio.events._ThreadSafeHandle`); None before.
+pub fn rlock_type(py: Python<'_>) -> PyResult<Option<&Bound<'_, PyAny>>> {
+    let t = RLOCK.get_or_try_init(py, || -> PyResult<Option<Py<PyAny>>> {
+        let events = py.import("asyncio.events")?;
+        if events.getattr_opt("_ThreadSafeHandle")?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(py.import("_thread")?.getattr("RLock")?.unbind()))
+    })?;
+    Ok(t.as_ref().map(|t| t.bind(py)))
+}

@@ -10,6 +10,7 @@ import contextvars
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -194,3 +195,63 @@ def test_python_m_asyncio_ps(loop_name, command):
                 child.kill()
                 child.wait()
     assert child.returncode == 0
+
+
+@needs_314
+def test_threadsafe_handle_waits_for_a_running_callback(loop):
+    """3.14's ``_ThreadSafeHandle``: another thread asking ``cancelled()`` while the callback
+    runs waits until it has finished."""
+    started, finished = threading.Event(), threading.Event()
+    seen = []
+
+    def callback():
+        started.set()
+        time.sleep(0.3)
+        finished.set()
+
+    def other_thread():
+        handle = loop.call_soon_threadsafe(callback)
+        seen.append(isinstance(handle, asyncio.events._ThreadSafeHandle))
+        started.wait(10)
+        seen.append(handle.cancelled())
+        seen.append(finished.is_set())
+        loop.call_soon_threadsafe(loop.stop)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    loop.run_forever()
+    t.join(10)
+    assert seen == [True, False, True]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 15), reason="per-transport context is 3.15+")
+def test_server_connections_run_in_a_copy_of_the_servers_context(loop):
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport):
+            seen.append(("made", var.get()))
+            var.set("changed by the first callback")
+
+        def data_received(self, data):
+            seen.append(("data", var.get()))
+
+    async def main():
+        var.set("server")
+        server = await loop.create_server(Proto, "127.0.0.1", 0)
+        var.set("after")
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"x")
+        await w.drain()
+        for _ in range(200):
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.005)
+        w.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert seen == [("made", "server"), ("data", "changed by the first callback")]

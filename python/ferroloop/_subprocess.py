@@ -11,9 +11,12 @@ none is left as a zombie.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from asyncio import base_events, unix_events
 from typing import Any
+
+_PUBLISH_AT_ONCE = sys.version_info >= (3, 14)
 
 
 def _reap_later(pid: int) -> None:
@@ -99,8 +102,19 @@ class SubprocessMixin:
                 )
         else:
             returncode = os.waitstatus_to_exitcode(status)
-        # One more iteration first, as asyncio does, so pipe data already read is delivered.
-        loop.call_soon(transp._process_exited, returncode)
+        # The pid is free from here on: Popen must know at once, so that send_signal()/kill()
+        # before _process_exited runs does not signal a recycled pid (gh-127049).
+        popen = getattr(transp, "_proc", None)
+        if popen is not None and popen.returncode is None:
+            popen.returncode = returncode
+        if _PUBLISH_AT_ONCE:
+            # 3.14+: asyncio's send_signal() trusts the transport's own returncode, so reaping
+            # and publishing are one step, as in asyncio's watchers (gh-127049).
+            transp._process_exited(returncode)
+        else:
+            # One more iteration first, as asyncio 3.11 does, so pipe data already read is
+            # delivered.
+            loop.call_soon(transp._process_exited, returncode)
 
     def _close_child_watches(self) -> None:
         loop: Any = self
