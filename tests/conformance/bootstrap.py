@@ -216,10 +216,9 @@ def install_loop(name: str, shims: bool = True) -> dict:
     #    test_utils, IsolatedAsyncioTestCase...).  Patching the name in the asyncio package
     #    makes that reset fall back to the swapped policy instead of asyncio's default.
     #    3.14+: the reset imports ``_DefaultEventLoopPolicy`` from asyncio.unix_events, and
-    #    ``asyncio.DefaultEventLoopPolicy`` is a deprecated module __getattr__ (set directly).
+    #    ``asyncio.DefaultEventLoopPolicy`` is a module __getattr__ that warns (tests check
+    #    that) and returns that same name: patching it is enough.
     if "_DefaultEventLoopPolicy" in vars(asyncio.unix_events):
-        asyncio.DefaultEventLoopPolicy = policy_cls
-        patched.append("asyncio.DefaultEventLoopPolicy")
         patch(asyncio.unix_events, "_DefaultEventLoopPolicy", policy_cls)
     else:
         patch(asyncio, "DefaultEventLoopPolicy", policy_cls)
