@@ -2,7 +2,8 @@
 # Runs the pytest suite (every scenario on asyncio's loop and on ferroloop; the integration
 # tests, whose frameworks are installed for 3.11 only, excluded) and the CPython test_asyncio
 # conformance check (floors in tests/conformance/floors-3.X.json) on each other CPython this
-# machine has among 3.12 and 3.13: `python3.X` on PATH or pyenv's ~/.pyenv/versions/3.X.*.
+# machine has among 3.12 and 3.13: `python3.X` on PATH or pyenv's ~/.pyenv/versions/3.X.*;
+# then 3.14 and 3.15 in a Debian sid chroot (scripts/test-new-pythons.sh, root only).
 # Each gets its own .venv-3.X and Cargo target directory. A version that is not installed is
 # reported and skipped: 3.11 is what the README requires; these add coverage where they exist.
 set -euo pipefail
@@ -43,3 +44,9 @@ for minor in 3.12 3.13; do
       --budget 600
   fi
 done
+
+# CPython 3.14 and 3.15: Debian unstable's interpreters in a cached chroot (needs root; says so
+# and skips elsewhere). FERROLOOP_SKIP_NEW_PYTHONS=1 skips them.
+if [ "${FERROLOOP_SKIP_NEW_PYTHONS:-0}" != "1" ]; then
+  "$ROOT/scripts/test-new-pythons.sh"
+fi

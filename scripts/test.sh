@@ -3,7 +3,8 @@
 #   1. lints: cargo fmt --check, cargo clippy -D warnings, ruff check / format --check
 #   2. pytest: every scenario on asyncio's loop and on ferroloop, plus the example programs;
 #      then the same suite (without integration) on CPython 3.12 and 3.13 where installed
-#      (scripts/test-more-pythons.sh)
+#      (scripts/test-more-pythons.sh), and on 3.14 and 3.15 in a Debian sid chroot where root
+#      (scripts/test-new-pythons.sh)
 #   3. integration: real PostgreSQL and Redis servers (installed and started by
 #      scripts/services.sh), aiohttp, uvicorn, asyncpg, SQLAlchemy, redis-py, httpx, Sanic, Dask
 #      on both loops (tests/integration, part of the pytest run)
