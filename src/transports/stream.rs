@@ -344,21 +344,32 @@ impl StreamTransport {
     /// Checks shared by `write` and `writelines`, in asyncio's order: after `write_eof`,
     /// during `sendfile`, nothing to write, connection lost. `Ok(false)`: drop the data
     /// silently (asyncio warns after a few writes to a lost connection).
-    fn write_allowed(slf: &Bound<'_, Self>, empty: bool) -> PyResult<bool> {
+    /// `lines`: called by `writelines`, which asyncio 3.12+ names in these errors (3.11's
+    /// writelines went through write).
+    fn write_allowed(slf: &Bound<'_, Self>, empty: bool, lines: bool) -> PyResult<bool> {
         let py = slf.py();
         let (eof, sendfile) = slf
             .get()
             .state
             .with(py, |s| (s.eof, s.empty_waiter.is_some()))?;
+        let method = || {
+            if lines && py.version_info() >= (3, 12) {
+                "writelines"
+            } else {
+                "write"
+            }
+        };
         if eof {
-            return Err(PyRuntimeError::new_err(
-                "Cannot call write() after write_eof()",
-            ));
+            return Err(PyRuntimeError::new_err(format!(
+                "Cannot call {}() after write_eof()",
+                method()
+            )));
         }
         if sendfile {
-            return Err(PyRuntimeError::new_err(
-                "unable to write; sendfile is in progress",
-            ));
+            return Err(PyRuntimeError::new_err(format!(
+                "unable to {}; sendfile is in progress",
+                method()
+            )));
         }
         if empty {
             return Ok(false);
@@ -785,7 +796,7 @@ impl StreamTransport {
             Err(e) => return Self::fatal(slf, e, "Fatal write error on socket transport"),
         };
         let bytes = view.as_slice();
-        if !Self::write_allowed(slf, bytes.is_empty())? {
+        if !Self::write_allowed(slf, bytes.is_empty(), false)? {
             return Ok(());
         }
         // Fast path: nothing queued, send now.
@@ -830,7 +841,7 @@ impl StreamTransport {
                 views.push(v);
             }
         }
-        if !Self::write_allowed(slf, views.is_empty())? {
+        if !Self::write_allowed(slf, views.is_empty(), true)? {
             return Ok(());
         }
         let total: usize = views.iter().map(|v| v.len()).sum();
