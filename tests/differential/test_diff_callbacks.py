@@ -93,7 +93,9 @@ class CallbackWorld(World):
         if h is None:
             return ("missing",)
         when = h.when() if isinstance(h, asyncio.TimerHandle) else None
-        return (type(h).__name__, h.cancelled(), when)
+        # __class__: what isinstance() sees (type(h) is ferroloop.Handle by design; on 3.14+
+        # a call_soon_threadsafe handle's __class__ is asyncio's _ThreadSafeHandle on both).
+        return (h.__class__.__name__, h.cancelled(), when)
 
     def new_context(self, ctx: int, value: str) -> None:
         c = contextvars.copy_context()
