@@ -1555,17 +1555,18 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let kwargs = kwargs.filter(|k| !k.is_empty());
-        let (factory, debug) = slf.get().state.with(py, |s| -> PyResult<_> {
+        let factory = slf.get().state.with(py, |s| -> PyResult<_> {
             s.check_closed()?;
-            Ok((s.task_factory.as_ref().map(|f| f.clone_ref(py)), s.debug))
+            Ok(s.task_factory.as_ref().map(|f| f.clone_ref(py)))
         })??;
         if let Some(factory) = factory {
             return factory.bind(py).call((slf, coro), kwargs);
         }
-        let task = match kwargs {
+        // In debug mode the task's creation stack ends at the caller (see `create_task`).
+        match kwargs {
             None => {
                 let kw = pyhelpers::task_kwnames(py, false, false)?;
-                pyhelpers::vectorcall(&pyhelpers::task_type(py)?, &[coro, slf.as_any()], Some(&kw))?
+                pyhelpers::vectorcall(&pyhelpers::task_type(py)?, &[coro, slf.as_any()], Some(&kw))
             }
             Some(given) => {
                 let loop_key = intern!(py, "loop");
@@ -1577,17 +1578,9 @@ impl LoopCore {
                 }
                 let kw = given.copy()?;
                 kw.set_item(loop_key, slf)?;
-                pyhelpers::task_type(py)?.call((coro,), Some(&kw))?
-            }
-        };
-        if debug {
-            // Drop the frame of this call from the creation stack, as asyncio does.
-            let tb = task.getattr(intern!(py, "_source_traceback"))?;
-            if tb.is_truthy()? {
-                tb.del_item(-1)?;
+                pyhelpers::task_type(py)?.call((coro,), Some(&kw))
             }
         }
-        Ok(task)
     }
 
     fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {
