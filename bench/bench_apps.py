@@ -1586,7 +1586,7 @@ def summary(paths: list[str]) -> list[str]:
         " CPU per request, us (uvloop / ferroloop) | ferroloop / uvloop: CPU efficiency |"
         " same, --tune-malloc | loop share of the CPU (uvloop / ferroloop) |"
         " limit: ferroloop's rate with a free loop | a free loop / uvloop |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     summ = timing["summary"]
     for key, info in timing["rows"].items():
