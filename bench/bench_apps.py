@@ -1692,7 +1692,7 @@ def cli(argv: list[str]) -> int:
         os.environ.update(MALLOC_TUNING)
         print("# --tune-malloc: " + " ".join(f"{k}={v}" for k, v in MALLOC_TUNING.items()))
     if {"--list", "-h", "--help"} & set(rest):
-        return main(rest, description=DESCRIPTION)
+        return main(rest, description=DESCRIPTION, default_rounds=(ROUNDS_FULL, ROUNDS_QUICK))
     rows = [x for x in (_option(rest, "--rows") or ",".join(ROW_ORDER)).split(",") if x]
     unknown = [x for x in rows if x not in _harness.ROWS]
     if unknown:
