@@ -225,13 +225,9 @@ class DatagramMachine(DiffMachine):
     def sendto(self, data, size, to):
         self.each("sendto", self.eid(data), size, to)
 
-    @rule(data=st.data())
-    def pause_reading(self, data):
-        self.each("pause_reading", self.eid(data))
-
-    @rule(data=st.data())
-    def resume_reading(self, data):
-        self.each("resume_reading", self.eid(data))
+    @rule(data=st.data(), how=st.sampled_from(["pause_reading", "resume_reading"]))
+    def pause_or_resume_reading(self, data, how):
+        self.each(how, self.eid(data))
 
     @rule(data=st.data(), how=st.sampled_from(["close", "abort", "-", "-", "-"]))
     def close_or_abort(self, data, how):

@@ -20,6 +20,7 @@ from . import MACHINE_MARKS, DiffMachine, World, describe_exc, pattern, run_mach
 pytestmark = MACHINE_MARKS
 
 BUF = 4096  # SO_SNDBUF / SO_RCVBUF asked for (the kernel doubles it)
+TCP_BUDGET = 32 * 1024  # bytes a TCP connection moves each way (see StreamWorld.pair)
 
 
 class Proto(asyncio.Protocol):
@@ -46,7 +47,10 @@ class Proto(asyncio.Protocol):
     def after_data(self, data: bytes) -> None:
         action = self.opts["on_data"]
         if action == "echo":
-            self.transport.write(data)
+            if self.world.spend(self.cid, "out", len(data)):
+                self.transport.write(data)
+            else:
+                self.rec("echo over budget")
         elif action == "pause":
             self.transport.pause_reading()
         elif action == "raise":
@@ -87,10 +91,24 @@ class StreamWorld(World):
         super().__init__(kind, debug)
         self.conns: dict[int, tuple[asyncio.Transport, Proto, socket.socket]] = {}
         self.writes = 0
+        self.budget: dict[tuple[int, str], int] = {}  # (TCP cid, "out"/"in") -> bytes left
+
+    def spend(self, cid: int, direction: str, size: int) -> bool:
+        """Whether size more bytes may go that way (always, on a Unix socketpair)."""
+        left = self.budget.get((cid, direction))
+        if left is None:
+            return True
+        if size > left:
+            return False
+        self.budget[(cid, direction)] = left - size
+        return True
 
     def pair(self, family: str) -> tuple[socket.socket, socket.socket]:
         if family == "unix":
             a, b = socket.socketpair()
+            for s in (a, b):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUF)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUF)
         else:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lsock:
                 lsock.bind(("127.0.0.1", 0))
@@ -98,14 +116,17 @@ class StreamWorld(World):
                 a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 a.connect(lsock.getsockname())
                 b, _ = lsock.accept()
-            # asyncio sets TCP_NODELAY on a transport's socket only when sock.proto is
-            # IPPROTO_TCP, ferroloop always (a deliberate difference): set on both ends, so
-            # that Nagle's algorithm never holds back a segment.
             for s in (a, b):
+                # asyncio sets TCP_NODELAY on a transport's socket only when sock.proto is
+                # IPPROTO_TCP, ferroloop always (a deliberate difference): set on both ends,
+                # so that Nagle's algorithm never holds back a segment.
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for s in (a, b):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUF)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUF)
+                # TCP with full buffers depends on the kernel's timers (delayed ACKs, window
+                # probes): a TCP connection keeps big buffers and moves at most TCP_BUDGET
+                # bytes each way, so that nothing ever waits for the network. Flow control
+                # is the Unix socketpairs' part.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         b.setblocking(False)
         return self.sock(a), self.sock(b)
 
@@ -117,6 +138,11 @@ class StreamWorld(World):
         assert self.run_until(task.done), "create_connection did not finish"
         transport, _ = task.result()
         self.conns[cid] = (transport, proto, b)
+        if family == "tcp":
+            self.budget[(cid, "out")] = self.budget[(cid, "in")] = TCP_BUDGET
+        if opts["limits"] is not None:
+            # Small water marks: flow control from the first writes on.
+            transport.set_write_buffer_limits(*opts["limits"])
 
     # ------------------------------------------------------------ transport side
 
@@ -143,6 +169,8 @@ class StreamWorld(World):
     def write(self, cid: int, size: int, wrap: str):
         if self.written_after_lost(cid):
             return "after connection_lost"
+        if not self.spend(cid, "out", size):
+            return "over budget"
         tr = self.tr(cid)
         tr.write(self.data(size, wrap))
         return tr.get_write_buffer_size()
@@ -150,6 +178,8 @@ class StreamWorld(World):
     def writelines(self, cid: int, sizes: list[int]):
         if self.written_after_lost(cid):
             return "after connection_lost"
+        if not self.spend(cid, "out", sum(sizes)):
+            return "over budget"
         tr = self.tr(cid)
         tr.writelines([self.data(n, "bytes") for n in sizes])
         return tr.get_write_buffer_size()
@@ -196,6 +226,8 @@ class StreamWorld(World):
         return self.conns[cid][2]
 
     def peer_send(self, cid: int, size: int):
+        if not self.spend(cid, "in", size):
+            return "over budget"
         self.writes += 1
         try:
             return self.peer(cid).send(pattern(self.writes, size))
@@ -237,6 +269,7 @@ options = st.fixed_dictionaries(
         "bufsize": st.sampled_from([0, 0, 7, 4096]),
         "keep_open": st.sampled_from([None, True]),
         "on_data": st.sampled_from(["none", "none", "echo", "pause", "raise"]),
+        "limits": st.sampled_from([None, (1000, 100), (8000, 0), (20000, 5000)]),
     }
 )
 
@@ -280,17 +313,14 @@ class StreamMachine(DiffMachine):
     def writelines(self, data, ns):
         self.each("writelines", self.cid(data), ns)
 
-    @rule(data=st.data())
-    def pause_reading(self, data):
-        self.each("pause_reading", self.cid(data))
+    @rule(data=st.data(), how=st.sampled_from(["pause_reading", "resume_reading"]))
+    def pause_or_resume_reading(self, data, how):
+        self.each(how, self.cid(data))
 
-    @rule(data=st.data())
-    def resume_reading(self, data):
-        self.each("resume_reading", self.cid(data))
-
-    @rule(data=st.data())
-    def write_eof(self, data):
-        self.each("write_eof", self.cid(data))
+    @rule(data=st.data(), really=st.sampled_from([True, False, False]))
+    def write_eof(self, data, really):
+        if really:
+            self.each("write_eof", self.cid(data))
 
     # Hypothesis picks among the rules uniformly: the ones that end a connection are drawn
     # as one rule that mostly does nothing, the ones that move data are duplicated.
