@@ -1,7 +1,8 @@
 """loop.sock_* on non-blocking sockets: sock_recv, sock_recv_into, sock_sendall (larger than
-the small socket buffers), sock_connect and sock_accept on a loopback TCP listener; operations
-cancelled while they wait; the test sends, reads and half-closes on the other end. Compared:
-each operation's result (data, byte counts, exceptions, cancellation) and when it arrives."""
+the small socket buffers) on socketpairs, sock_connect and sock_accept on a loopback TCP
+listener; operations cancelled while they wait; the test sends, reads and half-closes on the
+other end. Compared: each operation's result (data, byte counts, exceptions, cancellation)
+and when it arrives."""
 
 from __future__ import annotations
 
@@ -145,6 +146,7 @@ class SockMachine(DiffMachine):
         self.accepting: list[int] = []  # pids connected, not yet accepted
         self.oids: list[int] = []
         self.accepts = 0  # sock_accept calls started
+        self.connects = 0  # sock_connect calls started
         self.directions: dict[int, tuple[int, int, str]] = {}  # oid -> (pid, side, "in"/"out")
 
     def busy(self, pid: int, side: int, direction: str) -> bool:
@@ -173,12 +175,15 @@ class SockMachine(DiffMachine):
 
     def refresh(self) -> None:
         # A pair whose accept completed (in the first world; the second one then agrees, or
-        # the traces already differ) is ready for data.
+        # the traces already differ) is done with. It carries no data: when both of its
+        # sockets are ready in one iteration, which one's operation runs first is the order
+        # of epoll's ready list, which asyncio does not define (ferroloop keeps the finished
+        # connect's registration for the next operation on the socket, asyncio registers
+        # anew), and with it how much data the other one sees. Data moves on socketpairs.
         world = self.worlds[0]
         for pid in list(self.accepting):
             if world.pairs[pid][1] is not None:
                 self.accepting.remove(pid)
-                self.ready.append(pid)
 
     def each(self, *args, **kwargs) -> None:
         super().each(*args, **kwargs)
@@ -203,10 +208,11 @@ class SockMachine(DiffMachine):
         return out
 
     @initialize()
-    def first_pair(self):
-        pid = self.new_id()
-        self.each("new_pair", pid)
-        self.ready.append(pid)
+    def pairs(self):
+        for _ in range(2):
+            pid = self.new_id()
+            self.each("new_pair", pid)
+            self.ready.append(pid)
 
     @rule(data=st.data(), n=recv_sizes)
     def sock_recv(self, data, n):
@@ -220,9 +226,10 @@ class SockMachine(DiffMachine):
     def sock_sendall(self, data, size):
         self.start(data, "sock_sendall", "out", size)
 
-    @precondition(lambda self: len(self.ready) + len(self.accepting) < 4)
+    @precondition(lambda self: self.connects < 6 and len(self.accepting) < 2)
     @rule()
     def sock_connect(self):
+        self.connects += 1
         oid, pid = self.new_id(), self.new_id()
         self.each("sock_connect", oid, pid)
         self.oids.append(oid)
