@@ -170,7 +170,8 @@ impl DatagramState {
         out.extend(self.owner.take());
         out.extend(self.sock.take());
         out.extend(self.protocol.take());
-        out.extend(self.address.take());
+        // `address` stays: a closed connected transport still refuses another destination
+        // (asyncio checks the address before it drops the datagram).
         out.extend(self.last_peer.take().map(|(_, o)| o));
         out.extend(self.io.read_ctx.take());
         out.extend(self.io.write_ctx.take());

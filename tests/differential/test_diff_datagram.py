@@ -276,17 +276,9 @@ def test_datagram_transports_differential():
 # ---------------------------------------------------------------- findings as regular tests
 
 
-def test_closed_connected_sendto_checks_address(loop, loop_name, request):
+def test_closed_connected_sendto_checks_address(loop):
     """sendto() on a connected datagram transport checks the address before anything else,
     closed or not: a datagram for another address is a ValueError."""
-    if loop_name == "ferroloop":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="ferroloop defect: once a connected datagram transport is closed, "
-                "sendto(data, other_addr) is dropped silently instead of raising ValueError",
-            )
-        )
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         peer.bind(("127.0.0.1", 0))
