@@ -107,10 +107,6 @@ class DatagramWorld(World):
             # asyncio still sends on an unconnected transport between close() and
             # connection_lost(), ferroloop drops the datagram (README, deliberate differences).
             return "closing"
-        if tr.is_closing() and to == "closed":
-            # A wrong address on a closed connected transport: asyncio raises ValueError,
-            # ferroloop drops the datagram (test_closed_connected_sendto_checks_address).
-            return "closing"
         self.writes += 1
         addr = {
             "peer": ep.peer.getsockname(),
