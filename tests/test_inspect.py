@@ -407,7 +407,12 @@ FORK_TARGET = textwrap.dedent(
     async def main(name):
         task = asyncio.create_task(parked(name))
         await asyncio.sleep(0.05)
-        print(os.getpid(), flush=True)
+        # Each process writes its own file: two processes printing to one pipe can
+        # interleave their writes.
+        pid_file = os.path.join(sys.argv[1], f"{name}.pid")
+        with open(pid_file + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(pid_file + ".tmp", pid_file)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         task.cancel()
 
@@ -434,7 +439,7 @@ def test_fork_child_serves_its_own_pid(tmp_path: Path, runtime_dir: Path) -> Non
     script = tmp_path / "fork_target.py"
     script.write_text(FORK_TARGET)
     proc = subprocess.Popen(
-        [sys.executable, "-W", "ignore::DeprecationWarning", str(script)],
+        [sys.executable, "-W", "ignore::DeprecationWarning", str(script), str(tmp_path)],
         env=_env(XDG_RUNTIME_DIR=str(runtime_dir)),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -442,10 +447,14 @@ def test_fork_child_serves_its_own_pid(tmp_path: Path, runtime_dir: Path) -> Non
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        pids = {int(proc.stdout.readline()), int(proc.stdout.readline())}
-        assert proc.pid in pids
-        (child,) = pids - {proc.pid}
+        files = [tmp_path / "in-parent.pid", tmp_path / "in-child.pid"]
+        deadline = time.monotonic() + 30
+        while not all(f.exists() for f in files):
+            assert time.monotonic() < deadline, "the target did not start"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        parent_pid, child = (int(f.read_text()) for f in files)
+        assert parent_pid == proc.pid
         for pid, name in ((proc.pid, "in-parent"), (child, "in-child")):
             res = ferroloop_cmd("ps", str(pid), "--json")
             assert res.returncode == 0, res.stderr
