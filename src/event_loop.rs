@@ -381,13 +381,13 @@ fn visit_ready(visit: &PyVisit<'_>, item: &Ready) -> Result<(), PyTraverseError>
 }
 
 impl LoopCore {
-    fn time_is_overridden(slf: &Bound<'_, LoopCore>) -> PyResult<bool> {
-        Ok(slf.get().clock_overridden.load(Ordering::Relaxed))
+    fn time_is_overridden(&self) -> bool {
+        self.clock_overridden.load(Ordering::Relaxed)
     }
 
     /// `self.time()` when it is overridden, else None (the native clock applies).
     fn overriding_now(slf: &Bound<'_, LoopCore>) -> PyResult<Option<f64>> {
-        if !slf.get().clock_overridden.load(Ordering::Relaxed) {
+        if !slf.get().time_is_overridden() {
             return Ok(None);
         }
         let py = slf.py();
@@ -783,13 +783,19 @@ impl LoopCore {
             let (kept, done): (Vec<_>, Vec<_>) =
                 all.into_iter().partition(|w| sockops::is_waiting(py, w));
             drop(done);
-            this.state.with(py, |s| {
-                s.sock_sweep_at = (2 * kept.len()).max(64);
-                let newer = std::mem::replace(&mut s.sock_waiters, kept);
-                s.sock_waiters.extend(newer);
-            })?;
+            Self::keep_sock_waiters(slf, kept)?;
         }
         Ok(())
+    }
+
+    /// Puts back the still-waiting operations taken out of the list (ahead of any listed
+    /// meanwhile) and sets the length of the next sweep from them.
+    fn keep_sock_waiters(slf: &Bound<'_, LoopCore>, kept: Vec<Py<SockWaiter>>) -> PyResult<()> {
+        slf.get().state.with(slf.py(), |s| {
+            s.sock_sweep_at = (2 * kept.len()).max(64);
+            let newer = std::mem::replace(&mut s.sock_waiters, kept);
+            s.sock_waiters.extend(newer);
+        })
     }
 
     /// Before the loop blocks: fails the `sock_*` operations whose socket was closed under
@@ -812,46 +818,23 @@ impl LoopCore {
                 kept.push(w);
             }
         }
-        this.state.with(py, |s| {
-            s.sock_sweep_at = (2 * kept.len()).max(64);
-            let newer = std::mem::replace(&mut s.sock_waiters, kept);
-            s.sock_waiters.extend(newer);
-        })?;
+        Self::keep_sock_waiters(slf, kept)?;
         for w in closed {
             sockops::fail_closed(w.bind(py))?;
         }
         Ok(())
     }
 
-    /// A waiter whose socket was closed leaves `fd` (if it is still the registered one),
-    /// without lingering: the fd number no longer names its file.
-    pub(crate) fn forget_sock(
-        &self,
-        py: Python<'_>,
-        fd: RawFd,
-        write: bool,
-        waiter: &Bound<'_, SockWaiter>,
-    ) -> PyResult<()> {
-        let released = self.state.with(py, |s| {
-            let entry = s.reactor.fds.get(&fd)?;
-            let current = if write { &entry.writer } else { &entry.reader };
-            match current {
-                Some(Io::Sock(w)) if w.as_ptr() == waiter.as_ptr() => {}
-                _ => return None,
-            }
-            s.reactor.clear(fd, write)
-        })?;
-        drop(released);
-        Ok(())
-    }
-
     /// A finished or cancelled [`SockWaiter`] leaves `fd` (if it is still the registered one).
+    /// With its socket object the registration may linger for the next wait on that socket;
+    /// without (`None`: the socket was closed under it, the fd number no longer names its
+    /// file) it is removed outright.
     pub(crate) fn release_sock(
         &self,
         py: Python<'_>,
         fd: RawFd,
         write: bool,
-        sock: Py<PyAny>,
+        sock: Option<Py<PyAny>>,
         waiter: &Bound<'_, SockWaiter>,
     ) -> PyResult<()> {
         let released = self.state.with(py, |s| {
@@ -861,7 +844,10 @@ impl LoopCore {
                 Some(Io::Sock(w)) if w.as_ptr() == waiter.as_ptr() => {}
                 _ => return None,
             }
-            s.reactor.release_sock(fd, write, sock)
+            match sock {
+                Some(sock) => s.reactor.release_sock(fd, write, sock),
+                None => s.reactor.clear(fd, write),
+            }
         })?;
         drop(released);
         Ok(())
@@ -1361,7 +1347,7 @@ impl LoopCore {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        if !Self::time_is_overridden(slf)? {
+        if !slf.get().time_is_overridden() {
             let delay: f64 = delay.extract()?;
             return Self::schedule_timer(
                 slf,

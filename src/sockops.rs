@@ -292,7 +292,7 @@ pub(crate) fn fail_closed(slf: &Bound<'_, SockWaiter>) -> PyResult<()> {
         Some((s.fd, s.write, s.lp.take()))
     })?;
     if let Some((fd, write, Some(lp))) = taken {
-        lp.get().forget_sock(py, fd, write, slf)?;
+        lp.get().release_sock(py, fd, write, None, slf)?;
     }
     let err = os_error(std::io::Error::from_raw_os_error(libc::EBADF));
     SockWaiter::finish(slf, Err(err))
@@ -350,7 +350,7 @@ impl SockWaiter {
             Some((s.fd, s.write, sock, s.lp.take()))
         })?;
         if let Some((fd, write, Some(sock), Some(lp))) = taken {
-            lp.get().release_sock(py, fd, write, sock, slf)?;
+            lp.get().release_sock(py, fd, write, Some(sock), slf)?;
         }
         Ok(())
     }

@@ -81,43 +81,54 @@ fn stream_core<'py>(face: &Bound<'py, PyAny>) -> PyResult<Bound<'py, StreamTrans
     Ok(core_of(face)?.cast_into::<StreamTransport>()?)
 }
 
+/// A `METH_O` method of the stream face: `core_method(self._core, arg)`, returning None.
+///
+/// # Safety
+/// `slf` and `arg` follow CPython's `METH_O` convention (the receiver, an instance of the
+/// face class checked by CPython, and the argument, both borrowed for the call), and the
+/// caller holds the GIL (CPython calls method functions with it).
+unsafe fn stream_meth_o(
+    slf: *mut ffi::PyObject,
+    arg: *mut ffi::PyObject,
+    what: &str,
+    core_method: fn(&Bound<'_, StreamTransport>, &Bound<'_, PyAny>) -> PyResult<()>,
+) -> *mut ffi::PyObject {
+    // SAFETY: see the function contract.
+    let py = unsafe { Python::assume_attached() };
+    c_method_result(py, what, || {
+        // SAFETY: see the function contract.
+        let (slf, arg) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, slf),
+                Bound::from_borrowed_ptr(py, arg),
+            )
+        };
+        core_method(&stream_core(&slf)?, &arg)?;
+        Ok(py.None())
+    })
+}
+
 unsafe extern "C" fn write(
     slf: *mut ffi::PyObject,
     data: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls method functions with the GIL held.
-    let py = unsafe { Python::assume_attached() };
-    c_method_result(py, "transport write", || {
-        // SAFETY: METH_O: `slf` is the receiver (an instance of the face class, checked by
-        // CPython) and `data` the argument, both borrowed for the call.
-        let (slf, data) = unsafe {
-            (
-                Bound::from_borrowed_ptr(py, slf),
-                Bound::from_borrowed_ptr(py, data),
-            )
-        };
-        StreamTransport::write(&stream_core(&slf)?, &data)?;
-        Ok(py.None())
-    })
+    // SAFETY: CPython calls this METH_O function with the GIL held.
+    unsafe { stream_meth_o(slf, data, "transport write", StreamTransport::write) }
 }
 
 unsafe extern "C" fn writelines(
     slf: *mut ffi::PyObject,
     data: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls method functions with the GIL held.
-    let py = unsafe { Python::assume_attached() };
-    c_method_result(py, "transport writelines", || {
-        // SAFETY: METH_O, as for `write`.
-        let (slf, data) = unsafe {
-            (
-                Bound::from_borrowed_ptr(py, slf),
-                Bound::from_borrowed_ptr(py, data),
-            )
-        };
-        StreamTransport::writelines(&stream_core(&slf)?, &data)?;
-        Ok(py.None())
-    })
+    // SAFETY: CPython calls this METH_O function with the GIL held.
+    unsafe {
+        stream_meth_o(
+            slf,
+            data,
+            "transport writelines",
+            StreamTransport::writelines,
+        )
+    }
 }
 
 unsafe extern "C" fn is_closing(

@@ -214,6 +214,26 @@ def test_fastapi_on_uvicorn(run: Any, loop_name: str) -> None:
     assert result[4] == (422, ["body", "price"])
 
 
+def _launch(cmd: list[str]) -> subprocess.Popen:
+    """Start a uvicorn command line from the repository root, output captured."""
+    env = dict(os.environ)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _interrupt(proc: subprocess.Popen, timeout: float) -> str:
+    """Ctrl-C, as a user stops uvicorn; killed if it does not exit in time. Its output."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    return output
+
+
 # The command lines a user would type; {loop} is filled in per loop.
 LAUNCHERS = {
     # uvicorn's --loop takes a "module:callable" loop factory.
@@ -247,11 +267,7 @@ def test_uvicorn_command_line(run: Any, loop_name: str, launcher: str) -> None:
         "on",
         "_apps:starlette_app",
     ]
-    env = dict(os.environ)
-    env.pop("PYTHONASYNCIODEBUG", None)
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = _launch(cmd)
     try:
 
         async def scenario() -> dict[str, Any]:
@@ -272,12 +288,7 @@ def test_uvicorn_command_line(run: Any, loop_name: str, launcher: str) -> None:
 
         result = run(scenario, compare=False)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            output, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
+        output = _interrupt(proc, timeout=15)
     assert result["server_loop"].startswith(loop_name), (result, output)
     assert result["events"] == [f"startup on {result['server_loop']}"]
     assert result["echo"] == 100_000
@@ -315,11 +326,7 @@ def test_uvicorn_workers_serve_without_delayed_ack(run: Any, loop_name: str) -> 
         "warning",
         "_apps:starlette_app",
     ]
-    env = dict(os.environ)
-    env.pop("PYTHONASYNCIODEBUG", None)
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = _launch(cmd)
     try:
 
         async def scenario() -> list[dict[str, Any]]:
@@ -340,12 +347,7 @@ def test_uvicorn_workers_serve_without_delayed_ack(run: Any, loop_name: str) -> 
 
         answers = run(scenario, compare=False)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            output, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
+        output = _interrupt(proc, timeout=20)
     assert answers, output
     assert all(a["loop"].startswith(loop_name) for a in answers), (answers, output)
     flags = {flag != 0 for a in answers for flag in a["nodelay"]}
