@@ -10,17 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-find_python() {
-  local minor="$1" candidate
-  for candidate in "$HOME"/.pyenv/versions/"$minor".*/bin/"python$minor" "python$minor"; do
-    # pyenv puts shims on PATH that exist but fail for versions not selected: try each.
-    if "$candidate" -c "import sys; assert sys.version_info[:2] == tuple(map(int, '$minor'.split('.')))" \
-      >/dev/null 2>&1; then
-      echo "$candidate"
-      return
-    fi
-  done
-}
+source "$ROOT/scripts/pythons.sh"
 
 for minor in 3.12 3.13; do
   py="$(find_python "$minor")"

@@ -10,6 +10,9 @@
 #   FERROLOOP_SKIP_CONFORMANCE=1 ...       # pytest only
 #   scripts/test-new-pythons.sh --run 3.15 python -m pytest tests/test_udp.py -x
 #                                          # one command in that version's venv (after a build)
+#   scripts/test-new-pythons.sh --clean-room DIST
+#                                          # no build: scripts/clean-room-one.sh with each
+#                                          # version's wheel from DIST (inside the checkout)
 #
 # Needs root (debootstrap, chroot, mounts); debootstrap is installed with apt-get if missing.
 # Without root it says so and exits 0, as test-more-pythons.sh does for a missing interpreter.
@@ -135,16 +138,31 @@ in_chroot() {
 }
 
 command=()
+clean_room=""
 if [ "${1:-}" = "--run" ]; then
   VERSIONS="$2"
   shift 2
   command=("$@")
+elif [ "${1:-}" = "--clean-room" ]; then
+  clean_room="$(cd "$2" && pwd)"
 fi
 
 status=0
 for minor in $VERSIONS; do
   if [ ! -x "$CHROOT/usr/bin/python$minor" ]; then
     echo "== python $minor: not in the chroot's packages, skipped"
+    continue
+  fi
+  if [ -n "$clean_room" ]; then
+    tag="cp${minor/./}"
+    wheel="$(ls "$clean_room"/ferroloop-*-"$tag"-"$tag"-manylinux*.whl 2>/dev/null | head -1 || true)"
+    if [ -z "$wheel" ]; then
+      echo "== clean room $minor: no $tag wheel in $clean_room (scripts/wheels.sh)" >&2
+      status=1
+      continue
+    fi
+    in_chroot env FERROLOOP_SKIP_CONFORMANCE="${FERROLOOP_SKIP_CONFORMANCE:-0}" \
+      "$ROOT/scripts/clean-room-one.sh" "/usr/bin/python$minor" "$wheel" || status=1
     continue
   fi
   venv="/opt/ferroloop/venv-$minor"

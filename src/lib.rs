@@ -44,6 +44,9 @@ mod watchdog;
 // Python").
 #[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The package's one version number: Cargo.toml's, which maturin also writes into the
+    // wheel's metadata (pyproject.toml declares the version dynamic).
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<event_loop::LoopCore>()?;
     fastcall::install(m.py())?;
     fastcall::add_probe(m)?;

@@ -7,12 +7,44 @@ ferroloop is a ferroloop bug. Tests of ferroloop-only features use ``ferroloop_l
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import sysconfig
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import ferroloop
+
+
+def pytest_report_header() -> str:
+    return f"ferroloop {ferroloop.__version__} from {Path(ferroloop.__file__).parent}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # scripts/clean-room.sh sets this: the suite must test the installed wheel, never a
+    # source tree that happens to be importable.
+    if os.environ.get("FERROLOOP_EXPECT_INSTALLED") == "1":
+        where = Path(ferroloop.__file__).resolve().parent
+        site = Path(sysconfig.get_paths()["purelib"]).resolve()
+        if where.parent != site:
+            raise pytest.UsageError(f"ferroloop imported from {where}, not from {site}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # FERROLOOP_TIMEOUT_SCALE stretches every per-test timeout (the marks' and the ini's) for
+    # runs many times slower than usual: scripts/memcheck.sh runs the suite under valgrind.
+    scale = float(os.environ.get("FERROLOOP_TIMEOUT_SCALE", "1") or 1)
+    if scale == 1:
+        return
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        mark = item.get_closest_marker("timeout")
+        seconds = float(mark.args[0]) if mark is not None and mark.args else default
+        if seconds > 0:
+            item.add_marker(pytest.mark.timeout(seconds * scale), append=False)
+
 
 LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,

@@ -204,3 +204,17 @@ def test_get_event_loop_under_policy():
 def test_public_names(name):
     with _policy_deprecated() if name == "EventLoopPolicy" else contextlib.nullcontext():
         assert hasattr(ferroloop, name)
+
+
+def test_version_has_one_source():
+    # Cargo.toml's version is the package's: the native module reports it and maturin writes it
+    # into the installed distribution's metadata.
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    assert ferroloop.__version__ == importlib.metadata.version("ferroloop")
+    cargo = Path(__file__).resolve().parent.parent / "Cargo.toml"
+    if cargo.exists():  # a checkout (the clean-room run has only a copy of tests/)
+        with cargo.open("rb") as f:
+            assert ferroloop.__version__ == tomllib.load(f)["package"]["version"]

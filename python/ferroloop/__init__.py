@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from . import _inspect
 from ._ferroloop import Handle, TimerHandle
+from ._ferroloop import __version__ as __version__  # one source: Cargo.toml
 from ._inspect import enable_inspect
 from ._loop import Loop
 from ._watchdog import BlockingRecord
@@ -42,7 +43,6 @@ __all__ = [
     "new_event_loop",
     "run",
 ]
-__version__ = "0.1.0"
 
 _T = TypeVar("_T")
 

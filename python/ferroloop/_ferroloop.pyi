@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
+__version__: str
+
 class Handle:
     """A scheduled callback (``asyncio.Handle``'s counterpart)."""
 
