@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sysconfig
 from collections.abc import Callable, Iterator
@@ -23,6 +24,11 @@ def pytest_report_header() -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Started in the background by a non-interactive shell (`cmd &`), the run begins with SIGINT
+    # ignored, and so would every child it spawns: the Ctrl-C tests (on both loops) would hang.
+    # Python's usual handler here makes the children start with the default disposition again.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # scripts/clean-room.sh sets this: the suite must test the installed wheel, never a
     # source tree that happens to be importable.
     if os.environ.get("FERROLOOP_EXPECT_INSTALLED") == "1":

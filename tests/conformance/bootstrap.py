@@ -31,6 +31,7 @@ import fnmatch
 import importlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -447,6 +448,11 @@ def main(argv=None) -> int:
     else:
         _RESULTS_FD = os.open(args.results, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     faulthandler.enable(all_threads=True)
+    # Started in the background by a non-interactive shell (`cmd &`), a process begins with
+    # SIGINT ignored, and Python then leaves it ignored: test_runners' Ctrl-C tests would wait
+    # forever. Give the tests the interpreter's usual handler.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     if args.test_timeout > 0:
         # Tests wait for conditions with support.SHORT_TIMEOUT (30s; bound as a default
