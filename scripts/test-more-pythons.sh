@@ -28,6 +28,10 @@ for minor in 3.12 3.13; do
     "$venv/bin/maturin" develop -q
   echo "== pytest on python $minor"
   "$venv/bin/python" -m pytest tests -q -p no:cacheprovider --ignore=tests/integration
+  # The ways to start a program that need no framework, asyncio.run(loop_factory=) (3.12+)
+  # among them, as real programs stopped by Ctrl-C and SIGTERM (the frameworks are 3.11's).
+  FERROLOOP_REQUIRE_SERVICES=0 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+    tests/integration/test_ways_to_run.py -k test_program_entry_point
   if [ "${FERROLOOP_SKIP_CONFORMANCE:-0}" != "1" ] && [ -f "tests/conformance/floors-$minor.json" ]; then
     echo "== CPython $minor test_asyncio conformance (ferroloop swapped in)"
     "$venv/bin/python" tests/conformance/run_conformance.py --loop ferroloop --check -j 3 \
