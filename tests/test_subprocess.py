@@ -1,8 +1,13 @@
-"""Subprocesses: spawning, pipes, exit codes, signals, and no zombies left behind."""
+"""Subprocesses: spawning, pipes, exit codes, signals, and no zombies left behind.
+
+Every test runs twice: with pidfds, and as on a kernel without ``pidfd_open`` (Linux before
+5.3, or a seccomp filter refusing it), where ferroloop watches each child from a thread.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
@@ -12,6 +17,17 @@ import time
 import pytest
 
 PY = sys.executable
+
+
+@pytest.fixture(autouse=True, params=["pidfd", "no-pidfd"])
+def pidfd_mode(request, monkeypatch):
+    if request.param == "no-pidfd":
+
+        def refuse(pid, flags=0):
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+        monkeypatch.setattr(os, "pidfd_open", refuse)
+    return request.param
 
 
 def _zombies() -> set[int]:
@@ -136,9 +152,11 @@ def test_child_outliving_a_closed_loop_is_reaped(ferroloop_loop):
     assert pid not in _zombies() - before
 
 
-def test_no_watcher_thread_per_child(ferroloop_loop):
+def test_no_watcher_thread_per_child(ferroloop_loop, pidfd_mode):
     import threading
 
+    if pidfd_mode == "no-pidfd":
+        pytest.skip("without pidfd_open a thread per child is the fallback")
     loop = ferroloop_loop
 
     async def main():

@@ -6,10 +6,15 @@ handler (which would disturb other loops, threads and libraries): ``pidfd_open``
 descriptor that becomes readable when the child exits; the loop then reaps exactly that child
 with ``waitpid``. A child still running when the loop closes is reaped by a daemon thread, so
 none is left as a zombie.
+
+Where ``pidfd_open`` is missing (Linux before 5.3, which the manylinux2014 wheels also
+install on) or refused (a seccomp profile, valgrind 3.19), each child gets a thread blocked in
+``waitpid`` that hands the exit status to the loop, as asyncio 3.11's default watcher does.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -17,6 +22,8 @@ from asyncio import base_events, unix_events
 from typing import Any
 
 _PUBLISH_AT_ONCE = sys.version_info >= (3, 14)
+# errno values meaning "no pidfd here": not implemented by the kernel, or refused by a filter.
+_NO_PIDFD = {errno.ENOSYS, errno.EPERM, errno.EACCES}
 
 
 def _reap_later(pid: int) -> None:
@@ -74,9 +81,36 @@ class SubprocessMixin:
 
     def _watch_child(self, pid: int, transp: Any) -> None:
         loop: Any = self
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            if exc.errno not in _NO_PIDFD:
+                raise
+            self._watch_child_in_thread(pid, transp)
+            return
         self._child_pidfds[pidfd] = pid
         loop._add_reader(pidfd, self._on_child_exit, pid, pidfd, transp)
+
+    def _watch_child_in_thread(self, pid: int, transp: Any) -> None:
+        loop: Any = self
+
+        def wait() -> None:
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                returncode = None
+            else:
+                returncode = os.waitstatus_to_exitcode(status)
+                # Popen must know at once that the pid is free (see _child_exited).
+                popen = getattr(transp, "_proc", None)
+                if popen is not None and popen.returncode is None:
+                    popen.returncode = returncode
+            try:
+                loop.call_soon_threadsafe(self._child_exited, pid, returncode, transp)
+            except RuntimeError:
+                pass  # the loop is closed: the child is reaped, nobody is waiting for it
+
+        threading.Thread(target=wait, name=f"ferroloop-waitpid-{pid}", daemon=True).start()
 
     def _on_child_exit(self, pid: int, pidfd: int, transp: Any) -> None:
         loop: Any = self
@@ -86,11 +120,20 @@ class SubprocessMixin:
         try:
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
+            returncode = None
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+        self._child_exited(pid, returncode, transp)
+
+    def _child_exited(self, pid: int, returncode: int | None, transp: Any) -> None:
+        """Publishes a reaped child's exit code; None: someone else reaped it first."""
+        loop: Any = self
+        popen = getattr(transp, "_proc", None)
+        if returncode is None:
             # Already reaped. Most often by the Popen object itself: send_signal(), terminate()
             # and kill() call poll() first, which reaps a child that exited while the loop was
             # busy, and Popen then knows the real exit code. Only a child reaped elsewhere
             # (a SIGCHLD handler, os.wait()) has none: asyncio reports 255 then.
-            popen = getattr(transp, "_proc", None)
             known = getattr(popen, "returncode", None)
             if known is not None:
                 returncode = known
@@ -100,11 +143,8 @@ class SubprocessMixin:
                     "child process pid %d exit status already read:  will report returncode 255",
                     pid,
                 )
-        else:
-            returncode = os.waitstatus_to_exitcode(status)
         # The pid is free from here on: Popen must know at once, so that send_signal()/kill()
         # before _process_exited runs does not signal a recycled pid (gh-127049).
-        popen = getattr(transp, "_proc", None)
         if popen is not None and popen.returncode is None:
             popen.returncode = returncode
         if _PUBLISH_AT_ONCE:
