@@ -2,9 +2,11 @@
 
     python bench/plot.py bench/results/core.json bench/results/io.json bench/results/net.json \
         -o bench/results/benchmark.png
+    python bench/plot.py bench/results/apps.json -o bench/results/apps.png \
+        --title "real applications"
 
-Reads the ``--json`` files written by bench_core.py, bench_io.py and bench_net.py (one run
-each) and draws one horizontal bar per loop and row: best round divided by uvloop's best
+Reads the ``--json`` files written by bench_core.py, bench_io.py, bench_net.py and
+bench_apps.py (one run each) and draws one horizontal bar per loop and row: best round divided by uvloop's best
 round in the same run (1.0 = as fast as uvloop). The machine and date come from the files.
 """
 
@@ -46,7 +48,7 @@ def load(paths: list[str]) -> tuple[list[tuple[str, dict[str, float]]], dict]:
     return rows, meta
 
 
-def plot(rows: list[tuple[str, dict[str, float]]], meta: dict, out: str) -> None:
+def plot(rows: list[tuple[str, dict[str, float]]], meta: dict, out: str, title: str) -> None:
     height = 0.8 / len(LOOPS)
     fig, ax = plt.subplots(figsize=(10, 0.55 * len(rows) + 1.6))
     for i, (_, ratios) in enumerate(reversed(rows)):
@@ -61,11 +63,11 @@ def plot(rows: list[tuple[str, dict[str, float]]], meta: dict, out: str) -> None
     ax.set_xlabel("throughput relative to uvloop (best round; higher is better)")
     cpu = meta.get("cpu_model") or "?"
     date = (meta.get("date") or "?")[:10]
-    ax.set_title(f"ferroloop vs asyncio, uvloop, rloop  |  {cpu}, {meta.get('cpu_count', '?')} cores, "
+    ax.set_title(f"{title}  |  {cpu}, {meta.get('cpu_count', '?')} cores, "
                  f"Python {meta.get('python', '?')}  |  {date}", fontsize=8)  # fmt: skip
     handles, labels = ax.get_legend_handles_labels()
     order = [labels.index(n) for n in LOOPS if n in labels]
-    ax.legend([handles[k] for k in order], [labels[k] for k in order], loc="lower right")
+    ax.legend([handles[k] for k in order], [labels[k] for k in order], loc="best")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
@@ -74,12 +76,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", nargs="+", help="JSON files from the bench scripts' --json")
     p.add_argument("-o", "--output", default="bench/results/benchmark.png")
+    p.add_argument("--title", default="ferroloop vs asyncio, uvloop, rloop")
     args = p.parse_args()
     rows, meta = load(args.results)
     if not rows:
         print("no rows with a uvloop baseline in the given files", file=sys.stderr)
         return 1
-    plot(rows, meta, args.output)
+    plot(rows, meta, args.output, args.title)
     print(f"wrote {args.output}")
     return 0
 
