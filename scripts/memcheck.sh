@@ -32,7 +32,7 @@ start=$(date +%s)
 set +e
 PYTHONMALLOC=malloc valgrind --tool=memcheck --quiet --num-callers=40 \
   --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
-  --suppressions=scripts/memcheck/python.supp \
+  --suppressions="$ROOT/scripts/memcheck/python.supp" \
   --trace-children=yes --trace-children-skip='*/bin/true,*/openssl,*/sh,*/bash,*/cat,*/sleep' \
   --xml=yes --xml-file="$OUT/vg.%p.xml" \
   python -m pytest -q -p no:cacheprovider --tb=native "${args[@]}"
