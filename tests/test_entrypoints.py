@@ -182,6 +182,29 @@ def test_python_dash_m_ferroloop_usage():
     assert "usage" in res.stderr
 
 
+@pytest.mark.parametrize(
+    "args, status, stream, text",
+    [
+        (["--version"], 0, "stdout", f"ferroloop {ferroloop.__version__} (Python "),
+        (["-V"], 0, "stdout", "ferroloop "),
+        (["--help"], 0, "stdout", "usage"),
+        (["--bogus", "x.py"], 2, "stderr", "unknown option '--bogus'"),
+        (["no-such-script.py"], 2, "stderr", "can't open file"),
+    ],
+)
+def test_python_dash_m_ferroloop_options(args, status, stream, text, tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "ferroloop", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert res.returncode == status, res.stderr
+    assert text in getattr(res, stream)
+    assert "Traceback" not in res.stderr
+
+
 def test_get_event_loop_under_policy():
     with _policy_calls():
         old = asyncio.get_event_loop_policy()

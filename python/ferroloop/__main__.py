@@ -25,7 +25,8 @@ USAGE = (
     " [args ...]\n"
     "       python -m ferroloop (ps | pstree) PID [--json] [--timeout SECONDS]\n"
     "  --warn-blocking 50ms   report a callback or task step that blocks the loop longer\n"
-    "                         (the stack is taken while it blocks; see the README)"
+    "                         (the stack is taken while it blocks; see the README)\n"
+    "  --version              print ferroloop's and Python's versions"
 )
 
 
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not args else sys.stdout)
         return 2 if not args else 0
+    if args[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"ferroloop {__version__} (Python {sys.version.split()[0]})")
+        return 0
     if args[0] in ("ps", "pstree"):
         from ._inspect_cli import main as inspect_main
 
@@ -56,6 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["FERROLOOP_WARN_BLOCKING"] = value
     if not args:
         print(USAGE, file=sys.stderr)
+        return 2
+    if args[0].startswith("-") and args[0] not in ("-m", "-c"):
+        print(f"python -m ferroloop: unknown option {args[0]!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    if args[0] not in ("-m", "-c") and not os.path.exists(args[0]):
+        # As the interpreter says it for `python missing.py`, with its exit status.
+        path = os.path.abspath(args[0])
+        print(
+            f"python -m ferroloop: can't open file {path!r}: [Errno 2] No such file or directory",
+            file=sys.stderr,
+        )
         return 2
     _install()
     if args[0] == "-m":
