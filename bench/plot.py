@@ -6,8 +6,9 @@
         --title "real applications"
 
 Reads the ``--json`` files written by bench_core.py, bench_io.py, bench_net.py and
-bench_apps.py (one run each) and draws one horizontal bar per loop and row: best round divided by uvloop's best
-round in the same run (1.0 = as fast as uvloop). The machine and date come from the files.
+bench_apps.py (one run each) and draws one horizontal bar per loop and row: best round divided
+by uvloop's best round in the same run (1.0 = as fast as uvloop). The machine and date come
+from the files.
 """
 
 from __future__ import annotations

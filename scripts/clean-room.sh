@@ -28,10 +28,9 @@ for minor in 3.11 3.12 3.13; do
     results+=("$minor: not installed, skipped")
     continue
   fi
-  tag="cp${minor/./}"
-  wheel="$(ls "$DIST"/ferroloop-*-"$tag"-"$tag"-manylinux*.whl 2>/dev/null | head -1 || true)"
+  wheel="$(wheel_for "$DIST" "$minor")"
   if [ -z "$wheel" ]; then
-    echo "== clean room $minor: no $tag wheel in $DIST (scripts/wheels.sh)" >&2
+    echo "== clean room $minor: no wheel for it in $DIST (scripts/wheels.sh)" >&2
     status=1
     results+=("$minor: no wheel")
     continue

@@ -32,6 +32,7 @@ CACHE="${FERROLOOP_SID_CACHE:-/var/cache/ferroloop-sid}"
 VERSIONS="${FERROLOOP_NEW_PYTHONS:-3.14 3.15}"
 MIRROR="${FERROLOOP_SID_MIRROR:-http://deb.debian.org/debian}"
 CHROOT="$CACHE/root"
+source "$ROOT/scripts/pythons.sh"
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
 
@@ -154,10 +155,9 @@ for minor in $VERSIONS; do
     continue
   fi
   if [ -n "$clean_room" ]; then
-    tag="cp${minor/./}"
-    wheel="$(ls "$clean_room"/ferroloop-*-"$tag"-"$tag"-manylinux*.whl 2>/dev/null | head -1 || true)"
+    wheel="$(wheel_for "$clean_room" "$minor")"
     if [ -z "$wheel" ]; then
-      echo "== clean room $minor: no $tag wheel in $clean_room (scripts/wheels.sh)" >&2
+      echo "== clean room $minor: no wheel for it in $clean_room (scripts/wheels.sh)" >&2
       status=1
       continue
     fi

@@ -63,17 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print(USAGE, file=sys.stderr)
         return 2
-    if args[0].startswith("-") and args[0] not in ("-m", "-c"):
-        print(f"python -m ferroloop: unknown option {args[0]!r}\n{USAGE}", file=sys.stderr)
-        return 2
-    if args[0] not in ("-m", "-c") and not os.path.exists(args[0]):
-        # As the interpreter says it for `python missing.py`, with its exit status.
-        path = os.path.abspath(args[0])
-        print(
-            f"python -m ferroloop: can't open file {path!r}: [Errno 2] No such file or directory",
-            file=sys.stderr,
-        )
-        return 2
+    if args[0] not in ("-m", "-c"):
+        if args[0].startswith("-"):
+            print(f"python -m ferroloop: unknown option {args[0]!r}\n{USAGE}", file=sys.stderr)
+            return 2
+        if not os.path.exists(args[0]):
+            # As the interpreter says it for `python missing.py`, with its exit status.
+            path = os.path.abspath(args[0])
+            print(
+                f"python -m ferroloop: can't open file {path!r}: "
+                "[Errno 2] No such file or directory",
+                file=sys.stderr,
+            )
+            return 2
     _install()
     if args[0] == "-m":
         if len(args) < 2:

@@ -26,14 +26,26 @@ _PUBLISH_AT_ONCE = sys.version_info >= (3, 14)
 _NO_PIDFD = {errno.ENOSYS, errno.EPERM, errno.EACCES}
 
 
-def _reap_later(pid: int) -> None:
-    def reap() -> None:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+def _reap(pid: int) -> int | None:
+    """Waits for exactly this child and returns its exit code; None if someone else reaped it
+    first."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status)
 
-    threading.Thread(target=reap, name=f"ferroloop-reap-{pid}", daemon=True).start()
+
+def _tell_popen(transp: Any, returncode: int) -> None:
+    """The pid is free once reaped: Popen must know at once, so that send_signal()/kill()
+    before _process_exited runs does not signal a recycled pid (gh-127049)."""
+    popen = getattr(transp, "_proc", None)
+    if popen is not None and popen.returncode is None:
+        popen.returncode = returncode
+
+
+def _reap_later(pid: int) -> None:
+    threading.Thread(target=_reap, args=(pid,), name=f"ferroloop-reap-{pid}", daemon=True).start()
 
 
 class SubprocessMixin:
@@ -95,16 +107,9 @@ class SubprocessMixin:
         loop: Any = self
 
         def wait() -> None:
-            try:
-                _, status = os.waitpid(pid, 0)
-            except ChildProcessError:
-                returncode = None
-            else:
-                returncode = os.waitstatus_to_exitcode(status)
-                # Popen must know at once that the pid is free (see _child_exited).
-                popen = getattr(transp, "_proc", None)
-                if popen is not None and popen.returncode is None:
-                    popen.returncode = returncode
+            returncode = _reap(pid)
+            if returncode is not None:
+                _tell_popen(transp, returncode)  # now, not when the loop gets to it
             try:
                 loop.call_soon_threadsafe(self._child_exited, pid, returncode, transp)
             except RuntimeError:
@@ -117,13 +122,7 @@ class SubprocessMixin:
         loop._remove_reader(pidfd)
         self._child_pidfds.pop(pidfd, None)
         os.close(pidfd)
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            returncode = None
-        else:
-            returncode = os.waitstatus_to_exitcode(status)
-        self._child_exited(pid, returncode, transp)
+        self._child_exited(pid, _reap(pid), transp)
 
     def _child_exited(self, pid: int, returncode: int | None, transp: Any) -> None:
         """Publishes a reaped child's exit code; None: someone else reaped it first."""
@@ -143,10 +142,7 @@ class SubprocessMixin:
                     "child process pid %d exit status already read:  will report returncode 255",
                     pid,
                 )
-        # The pid is free from here on: Popen must know at once, so that send_signal()/kill()
-        # before _process_exited runs does not signal a recycled pid (gh-127049).
-        if popen is not None and popen.returncode is None:
-            popen.returncode = returncode
+        _tell_popen(transp, returncode)
         if _PUBLISH_AT_ONCE:
             # 3.14+: asyncio's send_signal() trusts the transport's own returncode, so reaping
             # and publishing are one step, as in asyncio's watchers (gh-127049).
