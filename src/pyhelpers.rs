@@ -8,7 +8,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -46,8 +46,8 @@ pub fn is_coroutine_like(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<boo
         .is_truthy()
 }
 
-static TASKS_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static FUTURES_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static TASKS_MODULE: PyOnceLock<(Py<PyAny>, Py<PyDict>)> = PyOnceLock::new();
+static FUTURES_MODULE: PyOnceLock<(Py<PyAny>, Py<PyDict>)> = PyOnceLock::new();
 static KW_LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 static KW_LOOP_NAME: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 static KW_LOOP_CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
@@ -56,16 +56,23 @@ static KW_CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 
 fn module_attr<'py>(
     py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyAny>>,
+    cell: &'static PyOnceLock<(Py<PyAny>, Py<PyDict>)>,
     module: &str,
     attr: &Bound<'py, PyString>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let m = cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import(module)?.into_any().unbind())
+    let (m, dict) = cell.get_or_try_init(py, || -> PyResult<_> {
+        let m = py.import(module)?;
+        let dict = m.dict().unbind();
+        Ok((m.into_any().unbind(), dict))
     })?;
     // Looked up on every call, like asyncio does (`tasks.Task`), so that patching the module
-    // attribute keeps working.
-    m.bind(py).getattr(attr)
+    // attribute keeps working: straight in the module's namespace (a plain module's
+    // attributes are its `__dict__`), which skips the module type's attribute machinery.
+    match dict.bind(py).get_item(attr)? {
+        Some(value) => Ok(value),
+        // Deleted: the module's own AttributeError.
+        None => m.bind(py).getattr(attr),
+    }
 }
 
 /// `asyncio.tasks.Task`.

@@ -444,3 +444,27 @@ def test_c_accelerator_calls_recognised():
     from ferroloop import _ferroloop
 
     assert _ferroloop._c_call_soon_recognised()
+
+
+def test_create_future_and_task_follow_patched_asyncio_classes(loop, monkeypatch):
+    # asyncio looks futures.Future and tasks.Task up on every call: replacing them (as test
+    # suites and instrumentation libraries do) changes what create_future/create_task make,
+    # and deleting them is the module's AttributeError.
+    class MyFuture(asyncio.Future):
+        pass
+
+    class MyTask(asyncio.Task):
+        pass
+
+    async def noop():
+        return 1
+
+    monkeypatch.setattr(asyncio.futures, "Future", MyFuture)
+    monkeypatch.setattr(asyncio.tasks, "Task", MyTask)
+    assert type(loop.create_future()) is MyFuture
+    task = loop.create_task(noop())
+    assert type(task) is MyTask
+    assert loop.run_until_complete(task) == 1
+    monkeypatch.delattr(asyncio.futures, "Future")
+    with pytest.raises(AttributeError, match="Future"):
+        loop.create_future()
