@@ -34,6 +34,17 @@ def test_run_until_complete_returns_result_and_raises(loop):
         loop.run_until_complete(bad())
 
 
+def test_run_until_complete_marks_its_task_with_asyncios_callback(loop):
+    # Libraries find the task run_until_complete() drives by asyncio's private done callback
+    # (anyio's find_root_task(), to tie its worker threads to the program's main task).
+    from asyncio import base_events
+
+    async def main():
+        return [callback for callback, _context in asyncio.current_task()._callbacks]
+
+    assert base_events._run_until_complete_cb in loop.run_until_complete(main())
+
+
 def test_run_until_complete_on_running_loop_raises(loop):
     async def inner():
         coro = asyncio.sleep(0)

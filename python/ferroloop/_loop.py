@@ -22,7 +22,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from asyncio import constants, coroutines, events, futures, tasks
+from asyncio import base_events, constants, coroutines, events, futures, tasks
 from collections.abc import Callable
 from typing import Any
 
@@ -39,8 +39,6 @@ _DEBUG_STACK_DEPTH = 10
 def _logger() -> logging.Logger:
     # Looked up at call time: asyncio's tests (and some applications) replace
     # ``asyncio.base_events.logger``; messages must reach whatever is installed there.
-    from asyncio import base_events
-
     return base_events.logger
 
 
@@ -90,13 +88,20 @@ def _settle_noop(fut: Any) -> None:
 _recognise_c_asyncio_callers()
 
 
-def _run_until_complete_cb(fut: asyncio.Future) -> None:
+def _stop_when_done(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         exc = fut.exception()
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             # The loop is stopped by the exception itself, no need to stop it here.
             return
     fut.get_loop().stop()
+
+
+# run_until_complete() adds asyncio's own done callback, not a look-alike: libraries recognise
+# the task that run_until_complete() drives by it (anyio's find_root_task() looks for
+# `base_events._run_until_complete_cb` in the task's callbacks, and otherwise ties its worker
+# threads to whichever task asked first). Ours only if a Python version drops it.
+_run_until_complete_cb = getattr(base_events, "_run_until_complete_cb", _stop_when_done)
 
 
 def _settle(fut: asyncio.Future, error: BaseException | None) -> None:
