@@ -240,6 +240,43 @@ def test_get_extra_info(loop, connect, kind):
     run(loop, main())
 
 
+def test_get_extra_info_arguments_and_replaced_extra(loop, connect):
+    # The call forms asyncio's get_extra_info(name, default=None) takes, the errors it gives,
+    # and what it reads: `transport._extra`, whatever a program has put there.
+    class Extra(dict):
+        def get(self, key, default=None):
+            return ("custom", key, default)
+
+    async def main():
+        tr, proto, peer = await connect()
+        assert tr.get_extra_info(name="no-such-key", default=1) == 1
+        assert tr.get_extra_info("no-such-key", default=2) == 2
+        assert tr.get_extra_info("peername") == tr.get_extra_info("peername", 3)
+        assert tr.get_extra_info("socket") is tr.get_extra_info("socket")
+        assert tr.get_extra_info("socket") is tr._extra["socket"]
+        for args, kwargs in [
+            ((), {}),
+            (("a", 1, 2), {}),
+            (("a",), {"name": "b"}),
+            (("a",), {"other": 1}),
+            ((), {"default": 1}),
+        ]:
+            with pytest.raises(TypeError):
+                tr.get_extra_info(*args, **kwargs)
+        saved = tr._extra
+        try:
+            tr._extra = {"peername": "replaced"}
+            assert tr.get_extra_info("peername") == "replaced"
+            assert tr.get_extra_info("socket", "absent") == "absent"
+            tr._extra = Extra(peername="replaced")
+            assert tr.get_extra_info("peername") == ("custom", "peername", None)
+            assert tr.get_extra_info("x", 5) == ("custom", "x", 5)
+        finally:
+            tr._extra = saved
+
+    run(loop, main())
+
+
 def test_tcp_nodelay_is_set(loop, closer, tmpdir_short):
     async def main():
         tr, proto, peer = await open_pair(loop, closer, "tcp", tmpdir_short, lambda: Recorder(loop))

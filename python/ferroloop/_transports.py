@@ -399,5 +399,6 @@ class DatagramTransport(_NativeFace, transports._FlowControlMixin, asyncio.Datag
         return self._loop is not None and not self._loop.is_closed()
 
 
-# write / writelines / is_closing and sendto / is_closing: native methods on the classes.
-_ferroloop._install_face_methods(SocketTransport, DatagramTransport)
+# write / writelines / is_closing and sendto / is_closing, and get_extra_info on both: native
+# methods on the classes.
+_ferroloop._install_face_methods(SocketTransport, DatagramTransport, _Extra)

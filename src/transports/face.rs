@@ -1,6 +1,6 @@
 //! The hot methods of the transports' Python faces (`SocketTransport.write`, `writelines`,
-//! `is_closing`; `DatagramTransport.sendto`, `is_closing`) as native method descriptors on
-//! those classes.
+//! `is_closing`; `DatagramTransport.sendto`, `is_closing`; `get_extra_info` on both) as
+//! native method descriptors on those classes.
 //!
 //! A face keeps its native core in `self._core`. Binding the core's methods onto every
 //! instance made the calls direct but cost about 100 bytes per method per connection; a
@@ -14,7 +14,8 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
 
 use crate::fastcall::{c_method_result, install_method, MethodDef};
 use crate::transports::datagram::DatagramTransport;
@@ -58,18 +59,44 @@ static SENDTO_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
         .as_ptr() as *const c_char,
 });
 
+static GET_EXTRA_INFO_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"get_extra_info".as_ptr() as *const c_char,
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: get_extra_info,
+    },
+    ml_flags: (ffi::METH_FASTCALL | ffi::METH_KEYWORDS) as c_int,
+    ml_doc: c"get_extra_info(name, default=None)\n--\n\nGet optional transport information."
+        .as_ptr() as *const c_char,
+});
+
+/// `_transports._Extra`, the faces' extra-info dict (its `'socket'` entry is made on first use).
+static EXTRA_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
 /// Installs the descriptors on the Python face classes (called once by `_transports.py`).
 #[pyfunction]
 pub(crate) fn _install_face_methods(
     stream_face: &Bound<'_, PyType>,
     datagram_face: &Bound<'_, PyType>,
+    extra_type: &Bound<'_, PyType>,
 ) -> PyResult<()> {
     let py = stream_face.py();
+    // First install wins (the module is imported once; a reload keeps the first class).
+    let _ = EXTRA_TYPE.get_or_init(py, || extra_type.clone().unbind());
     install_method(stream_face, &WRITE_DEF, intern!(py, "write"))?;
     install_method(stream_face, &WRITELINES_DEF, intern!(py, "writelines"))?;
     install_method(stream_face, &IS_CLOSING_DEF, intern!(py, "is_closing"))?;
+    install_method(
+        stream_face,
+        &GET_EXTRA_INFO_DEF,
+        intern!(py, "get_extra_info"),
+    )?;
     install_method(datagram_face, &SENDTO_DEF, intern!(py, "sendto"))?;
-    install_method(datagram_face, &IS_CLOSING_DEF, intern!(py, "is_closing"))
+    install_method(datagram_face, &IS_CLOSING_DEF, intern!(py, "is_closing"))?;
+    install_method(
+        datagram_face,
+        &GET_EXTRA_INFO_DEF,
+        intern!(py, "get_extra_info"),
+    )
 }
 
 /// `self._core`, the face's native core.
@@ -220,5 +247,91 @@ unsafe extern "C" fn sendto(
         let core = core_of(&slf)?.cast_into::<DatagramTransport>()?;
         DatagramTransport::sendto(&core, &data, addr.as_ref())?;
         Ok(py.None())
+    })
+}
+
+/// `get_extra_info(name, default=None)`: asyncio's `self._extra.get(name, default)`. Libraries
+/// call it per request (anyio, and through it httpcore's connection pool, asks for `'socket'`
+/// on every pool scan), where asyncio's is one Python frame and ours would be two (the face's,
+/// and `_Extra.get` for the lazy `'socket'` entry). A key already in the dict is read straight
+/// from it when `_extra` is a plain dict or ours; anything else (a missing key of ours, which
+/// may be `'socket'` not made yet; a replacement `_extra` of another type) goes through its
+/// own `get()`, as asyncio's does.
+unsafe extern "C" fn get_extra_info(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls method functions with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    c_method_result(py, "transport get_extra_info", || {
+        // SAFETY: METH_FASTCALL | METH_KEYWORDS: `slf` is the receiver; `args` holds the
+        // positional arguments followed by one value per name in `kwnames` (NULL or a tuple
+        // of str), all borrowed for the call.
+        let (slf, name, default) = unsafe {
+            let npos = ffi::PyVectorcall_NARGS(nargsf as usize);
+            let nkw = if kwnames.is_null() {
+                0
+            } else {
+                ffi::PyTuple_GET_SIZE(kwnames)
+            };
+            if npos > 2 {
+                return Err(PyTypeError::new_err(format!(
+                    "get_extra_info() takes from 2 to 3 positional arguments but {} were given",
+                    npos + 1
+                )));
+            }
+            let mut name = (npos >= 1).then(|| *args);
+            let mut default = (npos == 2).then(|| *args.add(1));
+            for i in 0..nkw {
+                let key = Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, i));
+                let value = *args.add((npos + i) as usize);
+                let key = key.extract::<&str>()?;
+                let slot = match key {
+                    "name" => &mut name,
+                    "default" => &mut default,
+                    other => {
+                        return Err(PyTypeError::new_err(format!(
+                            "get_extra_info() got an unexpected keyword argument '{other}'"
+                        )))
+                    }
+                };
+                if slot.is_some() {
+                    return Err(PyTypeError::new_err(format!(
+                        "get_extra_info() got multiple values for argument '{key}'"
+                    )));
+                }
+                *slot = Some(value);
+            }
+            let Some(name) = name else {
+                return Err(PyTypeError::new_err(
+                    "get_extra_info() missing 1 required positional argument: 'name'",
+                ));
+            };
+            (
+                Bound::from_borrowed_ptr(py, slf),
+                Bound::from_borrowed_ptr(py, name),
+                default.map(|d| Bound::from_borrowed_ptr(py, d)),
+            )
+        };
+        let default = default.unwrap_or_else(|| py.None().into_bound(py));
+        let extra = slf.getattr(intern!(py, "_extra"))?;
+        let plain = extra.is_exact_instance_of::<PyDict>();
+        let ours = EXTRA_TYPE
+            .get(py)
+            .is_some_and(|t| extra.get_type().is(t.bind(py)));
+        if plain || ours {
+            let dict = extra.cast::<PyDict>()?;
+            if let Some(value) = dict.get_item(&name)? {
+                return Ok(value.unbind());
+            }
+            if plain {
+                return Ok(default.unbind());
+            }
+        }
+        Ok(extra
+            .call_method1(intern!(py, "get"), (name, default))?
+            .unbind())
     })
 }
