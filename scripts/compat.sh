@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Real libraries' own test suites, on asyncio's loop and on ferroloop:
-#   asyncpg (its tests/, against services.sh's PostgreSQL) and redis-py's asyncio client
-#   (its tests/test_asyncio, against services.sh's Redis).
+#   asyncpg (its tests/, against services.sh's PostgreSQL), redis-py's asyncio client (its
+#   tests/test_asyncio, against services.sh's Redis) and anyio (its tests/, asyncio backend,
+#   no server).
 #
-#   scripts/compat.sh [--suite asyncpg,redis] [--loop asyncio,ferroloop] [--no-check]
+#   scripts/compat.sh [--suite asyncpg,redis,anyio] [--loop asyncio,ferroloop] [--no-check]
 #   scripts/compat.sh --suite asyncpg-clusters   # opt-in, ~6 minutes: asyncpg's suite on the
 #       temporary clusters its own harness creates (as its authors run it), where its TLS,
 #       pg_hba, adversity-proxy and hot-standby tests run too (the default run skips them)
@@ -16,10 +17,12 @@
 #    (scripts/compat/requirements.txt); ferroloop is importable there through a .pth file
 #    pointing at python/, so the suites test the same build as .venv's `maturin develop`;
 # 3. downloads the same versions' sdists from PyPI (scripts/compat/sdists.txt, sha256-pinned;
-#    both ship their whole test suites) and unpacks them into .venv-compat/suites/, without
-#    the library's source package, so the tests import the installed library;
+#    all ship their whole test suites) and unpacks them into .venv-compat/suites/, without
+#    the library's top-level source package, so the tests import the installed library (a
+#    src/ layout, anyio's, is not importable from there and stays: anyio's
+#    test_sourceless_install builds and installs it);
 # 4. starts PostgreSQL and Redis with scripts/services.sh when they are not running (and
-#    stops them afterwards);
+#    stops them afterwards; anyio's suite needs neither);
 # 5. runs scripts/compat/run_compat.py: each suite on each loop, with ferroloop swapped in
 #    through the event loop policy and every running loop recorded per test (a test that ran
 #    another loop fails the run); prints N passed, N failed, N skipped per loop and the tests

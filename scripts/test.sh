@@ -8,8 +8,9 @@
 #   3. integration: real PostgreSQL and Redis servers (installed and started by
 #      scripts/services.sh), aiohttp, uvicorn, asyncpg, SQLAlchemy, redis-py, httpx, Sanic, Dask
 #      on both loops (tests/integration, part of the pytest run)
-#   4. libraries' own test suites: asyncpg's and redis-py's (asyncio client) on both loops,
-#      against the same servers (scripts/compat.sh, checked against tests/compat/floors.json)
+#   4. libraries' own test suites: asyncpg's and redis-py's (asyncio client), against the same
+#      servers, and anyio's (asyncio backend) on both loops (scripts/compat.sh, checked
+#      against tests/compat/floors.json)
 #   5. conformance: CPython's own test_asyncio modules with ferroloop swapped in, checked
 #      against the per-module floors in tests/conformance/floors.json
 # Set FERROLOOP_SKIP_SERVICES=1 to run without installing/starting the servers (their tests
@@ -50,7 +51,7 @@ if [ "${FERROLOOP_SKIP_COMPAT:-0}" = "1" ]; then
 elif [ "${FERROLOOP_SKIP_SERVICES:-0}" = "1" ]; then
   echo "== libraries' own test suites: skipped (they need the servers; FERROLOOP_SKIP_SERVICES=1)"
 else
-  echo "== libraries' own test suites (asyncpg, redis-py) on asyncio and ferroloop"
+  echo "== libraries' own test suites (asyncpg, redis-py, anyio) on asyncio and ferroloop"
   scripts/compat.sh
 fi
 

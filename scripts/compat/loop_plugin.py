@@ -15,12 +15,20 @@ Loaded with ``-p loop_plugin`` (scripts/compat/ on PYTHONPATH) by scripts/compat
   does a session in which no test ran the named loop at all.
 * ``FERROLOOP_COMPAT_REPORT=path`` receives a JSON report: each test's outcome (passed, failed,
   skipped) and the loop kinds that ran during it.
+* pytest processes that a test starts (anyio's suite tests its pytest plugin with pytester's
+  ``runpytest_subprocess``) load this plugin too, through ``$PYTEST_PLUGINS`` (run_compat.py
+  sets it): they install the same policy and record every loop, and at exit append the kinds
+  to ``<report>.children`` under the node id of the test that started them
+  (``$FERROLOOP_COMPAT_TEST``); the session counts them as that test's loops. Such a process
+  is told apart from the session by ``$FERROLOOP_COMPAT_SESSION_PID``; pytester's in-process
+  runs (``runpytest``) share the session's policy and recorder.
 """
 
 from __future__ import annotations
 
 import asyncio
 import asyncio.events
+import atexit
 import json
 import os
 import threading
@@ -35,6 +43,12 @@ if LOOP not in ("asyncio", "ferroloop"):
     raise RuntimeError(f"FERROLOOP_COMPAT_LOOP must be 'asyncio' or 'ferroloop', not {LOOP!r}")
 
 _POLICIES = {"asyncio": asyncio.DefaultEventLoopPolicy, "ferroloop": ferroloop.EventLoopPolicy}
+
+# The session's process sets it; a pytest process started by a test inherits it.
+_SESSION_PID = os.environ.setdefault("FERROLOOP_COMPAT_SESSION_PID", str(os.getpid()))
+IS_CHILD = _SESSION_PID != str(os.getpid())
+REPORT = os.environ.get("FERROLOOP_COMPAT_REPORT", "")
+CHILDREN_REPORT = f"{REPORT}.children" if REPORT else ""
 
 
 def _install_policy() -> None:
@@ -74,6 +88,29 @@ def _recording_set_running_loop(loop: Any) -> None:
 asyncio.events._set_running_loop = _recording_set_running_loop
 
 
+def _write_child_record() -> None:
+    """At a child process's exit: the loops it ran, for the test that started it."""
+    with _lock:
+        kinds: dict[str, int] = {}
+        for counts in _loops_by_test.values():
+            for kind, n in counts.items():
+                kinds[kind] = kinds.get(kind, 0) + n
+    record = {
+        "test": os.environ.get("FERROLOOP_COMPAT_TEST", "<outside any test>"),
+        "pid": os.getpid(),
+        "loops": kinds,
+    }
+    with open(CHILDREN_REPORT, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+if IS_CHILD:
+    if CHILDREN_REPORT:
+        atexit.register(_write_child_record)
+elif CHILDREN_REPORT and os.path.exists(CHILDREN_REPORT):
+    os.unlink(CHILDREN_REPORT)  # a previous session's
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.outcomes: dict[str, str] = {}
@@ -90,11 +127,13 @@ class _Recorder:
         global _current
         with _lock:
             _current = item.nodeid
+        os.environ["FERROLOOP_COMPAT_TEST"] = item.nodeid  # for the processes it starts
         try:
             return (yield)
         finally:
             with _lock:
                 _current = "<outside any test>"
+            os.environ.pop("FERROLOOP_COMPAT_TEST", None)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += len(items)
@@ -123,8 +162,22 @@ class _Recorder:
     def ran_named_loop(self) -> list[str]:
         return [test for test, kinds in _loops_by_test.items() if LOOP in kinds]
 
+    def merge_children(self) -> int:
+        """Count the loops of the pytest processes tests started as those tests' loops."""
+        if not CHILDREN_REPORT or not os.path.exists(CHILDREN_REPORT):
+            return 0
+        with open(CHILDREN_REPORT) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        with _lock:
+            for record in records:
+                kinds = _loops_by_test.setdefault(record["test"], {})
+                for kind, n in record["loops"].items():
+                    kinds[kind] = kinds.get(kind, 0) + n
+        return len(records)
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        children = self.merge_children()
         foreign = self.foreign()
         ran = self.ran_named_loop()
         report = {
@@ -136,12 +189,12 @@ class _Recorder:
             },
             "deselected": self.deselected,
             "loops_outside_tests": _loops_by_test.get("<outside any test>", {}),
+            "child_processes": children,
             "tests_on_named_loop": len(ran),
             "tests_on_other_loops": foreign,
         }
-        path = os.environ.get("FERROLOOP_COMPAT_REPORT")
-        if path:
-            with open(path, "w") as f:
+        if REPORT:
+            with open(REPORT, "w") as f:
                 json.dump(report, f, indent=1)
         if foreign or (self.order and not ran):
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
@@ -161,5 +214,13 @@ class _Recorder:
             tr.write_line(f"  no test ran {LOOP}'s loop: the swap did not take effect", red=True)
 
 
+_registered = False
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # One recorder: the session's (not a child process's, nor a pytester in-process run's).
+    global _registered
+    if IS_CHILD or _registered:
+        return
+    _registered = True
     config.pluginmanager.register(_Recorder(), "ferroloop-compat-recorder")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run real libraries' own test suites on asyncio's loop and on ferroloop, and compare.
 
-    .venv-compat/bin/python scripts/compat/run_compat.py [--suite asyncpg,redis]
+    .venv-compat/bin/python scripts/compat/run_compat.py [--suite asyncpg,redis,anyio]
         [--loop asyncio,ferroloop] [--no-check] [--json FILE]
 
 Normally started by scripts/compat.sh, which installs the pinned libraries into .venv-compat
@@ -15,7 +15,11 @@ come from tests/compat/floors.json:
 
   ignore            paths not collected (need infrastructure absent here), with reasons
   deselect_markers  pytest markers deselected, with reasons
+  deselect_keywords pytest -k keywords deselected (parameter ids such as a backend's), with
+                    reasons
   deselect          node-id prefixes deselected, with reasons
+  deselect_when     per condition of this machine (CONDITIONS below), node ids deselected
+                    when it holds, with the reason (tests that fail on every loop there)
   fail_everywhere   tests that run but cannot pass here on any loop, with reasons
   allowed_differences
                     tests allowed to pass on asyncio and not on ferroloop, with reasons
@@ -38,6 +42,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,6 +86,18 @@ def read_services() -> dict[str, str]:
     return values
 
 
+def localhost_lacks_ipv6() -> bool:
+    """True when 'localhost' does not resolve to ::1 (an /etc/hosts without '::1 localhost')."""
+    try:
+        return not socket.getaddrinfo("localhost", 0, socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        return True
+
+
+# Conditions of this machine that floors.json's deselect_when can name.
+CONDITIONS = {"no_ipv6_localhost": localhost_lacks_ipv6}
+
+
 # ------------------------------------------------------------------------------ suites
 
 
@@ -113,9 +130,19 @@ class Suite:
         markers = list(self.floors.get("deselect_markers", {}))
         if markers:
             args += ["-m", " and ".join(f"not {m}" for m in markers)]
+        keywords = list(self.floors.get("deselect_keywords", {}))
+        if keywords:
+            args += ["-k", " and ".join(f"not {k}" for k in keywords)]
         for prefix in self.floors.get("deselect", {}):
             args += ["--deselect", prefix]
+        for condition in self.conditions():
+            for test in self.floors["deselect_when"][condition]["tests"]:
+                args += ["--deselect", test]
         return args
+
+    def conditions(self) -> list[str]:
+        """The conditions of floors.json's deselect_when that hold on this machine."""
+        return [c for c in self.floors.get("deselect_when", {}) if CONDITIONS[c]()]
 
     def run_env_remove(self) -> list[str]:
         """Variables of this environment the suite's processes must not see."""
@@ -334,12 +361,37 @@ class RedisSuite(Suite):
         return f"Redis {version} at {url.hostname}:{url.port}"
 
 
+class AnyioSuite(Suite):
+    """anyio's suite (tests/, on anyio's own pytest plugin), its asyncio backend; no server.
+
+    anyio's asyncio backend runs each test with asyncio.Runner(loop_factory=None) unless a test
+    parameter passes a loop_factory, so the policy decides the loop; the parameters that pass
+    one (anyio's [asyncio+uvloop]) and the trio backend's are deselected in floors.json. Its
+    non-parametrised tests that make a loop do it with asyncio.new_event_loop() (the policy
+    again); its pytest-plugin tests that run pytest in a subprocess get the loop through
+    $PYTEST_PLUGINS (see loop_plugin.py). The suite's pyproject.toml supplies its pytest
+    options (-p anyio, -p no:asyncio, ...).
+    """
+
+    def options(self) -> list[str]:
+        return ["--timeout", "60"]
+
+    def server_description(self) -> str:
+        return "asyncio backend, no server"
+
+
 SUITE_CLASSES: dict[str, type[Suite]] = {
     "asyncpg": AsyncpgSuite,
     "redis": RedisSuite,
+    "anyio": AnyioSuite,
     "asyncpg-clusters": AsyncpgClustersSuite,
 }
-SUITE_DISTS = {"asyncpg": "asyncpg", "redis": "redis", "asyncpg-clusters": "asyncpg"}
+SUITE_DISTS = {
+    "asyncpg": "asyncpg",
+    "redis": "redis",
+    "anyio": "anyio",
+    "asyncpg-clusters": "asyncpg",
+}
 
 
 # ------------------------------------------------------------------------------ running
@@ -393,6 +445,11 @@ def run_pytest(suite: Suite, loop: str, extra: list[str], tag: str, timeout: flo
     env["PYTHONPATH"] = os.pathsep.join(
         [str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
+    # pytest processes that the tests start (pytester's runpytest_subprocess) load the plugin
+    # too: they run the same loop, and report theirs (loop_plugin.py).
+    env["PYTEST_PLUGINS"] = "loop_plugin"
+    env.pop("FERROLOOP_COMPAT_SESSION_PID", None)
+    env.pop("FERROLOOP_COMPAT_TEST", None)
     env.pop("PYTHONASYNCIODEBUG", None)
     cmd = [
         sys.executable,
@@ -451,10 +508,12 @@ def summary_line(run: Run) -> str:
 
 def loop_proof_line(run: Run) -> str:
     foreign = run.report.get("tests_on_other_loops", {})
+    children = run.report.get("child_processes", 0)
     return (
         f"loop check: {run.report.get('tests_on_named_loop', 0)} of {len(run.outcomes)} tests "
         f"ran {run.loop}'s loop ({run.report.get('policy', '?')}), "
         f"{len(foreign)} ran another loop"
+        + (f" (counting {children} pytest processes the tests started)" if children else "")
     )
 
 
@@ -485,6 +544,10 @@ def run_suite(suite: Suite, loops: list[str], timeout: float) -> SuiteOutcome:
         return out
     server = suite.server_description()
     out.log(f"== {suite.dist} {suite.version}: its own test suite ({server})")
+    conditions = suite.conditions()
+    for condition in conditions:
+        entry = floors["deselect_when"][condition]
+        out.log(f"  {condition}: {len(entry['tests'])} tests deselected ({entry['reason']})")
     runs: dict[str, Run] = {}
     base_args = [suite.test_path, *suite.options(), *suite.exclusion_args()]
     for loop in loops:
@@ -509,6 +572,7 @@ def run_suite(suite: Suite, loops: list[str], timeout: float) -> SuiteOutcome:
     out.result = {
         "version": suite.version,
         "server": server,
+        "conditions": conditions,
         "loops": {
             loop: {
                 "passed": run.count("passed"),
@@ -577,7 +641,7 @@ def run_suite(suite: Suite, loops: list[str], timeout: float) -> SuiteOutcome:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--suite", default="asyncpg,redis", help="comma-separated suites")
+    parser.add_argument("--suite", default="asyncpg,redis,anyio", help="comma-separated suites")
     parser.add_argument("--loop", default="asyncio,ferroloop", help="comma-separated loops")
     parser.add_argument("--floors", type=Path, default=FLOORS)
     parser.add_argument("--no-check", action="store_true", help="report only; exit 0")
