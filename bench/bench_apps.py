@@ -424,7 +424,9 @@ def bench_aiohttp_tls(loop: asyncio.AbstractEventLoop, quick: bool) -> Result:
     return _drive(loop, serve_aiohttp(quick, tls=True))
 
 
-async def serve_uvicorn(app: Any, quick: bool) -> Window:
+async def start_uvicorn(app: Any, sock: socket.socket) -> tuple[Any, asyncio.Future]:
+    """uvicorn (httptools, no lifespan, no access log) serving ``app`` on ``sock`` on the
+    running loop; returns once it has started: the server and its serve() task."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -442,13 +444,18 @@ async def serve_uvicorn(app: Any, quick: bool) -> Window:
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     with contextlib.suppress(AttributeError):
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    sock = _listen()
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()
             raise RuntimeError("uvicorn exited before it started")
         await asyncio.sleep(0.01)
+    return server, task
+
+
+async def serve_uvicorn(app: Any, quick: bool) -> Window:
+    sock = _listen()
+    server, task = await start_uvicorn(app, sock)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
     try:
         return await drive_server(lambda d: wrk_cmd(url, d, latency=True), parse_wrk, quick, "wrk")

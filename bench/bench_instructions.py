@@ -43,23 +43,12 @@ from typing import Any
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 
+import _harness  # noqa: E402
 import bench_apps  # noqa: E402
 
 ROWS = ("aiohttp", "uvicorn", "fastapi", "websocket")
 WARMUP_S = 3
 CTL = ["callgrind_control"]
-
-
-def new_loop(name: str) -> asyncio.AbstractEventLoop:
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    if name == "ferroloop":
-        import ferroloop
-
-        return ferroloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 async def _serve(row: str, port_file: str, stop: asyncio.Future) -> None:
@@ -71,28 +60,9 @@ async def _serve(row: str, port_file: str, stop: asyncio.Future) -> None:
         await runner.setup()
         await web.SockSite(runner, sock).start()
     elif row in ("uvicorn", "fastapi"):
-        import uvicorn
-
         app = bench_apps.starlette_app() if row == "uvicorn" else bench_apps.fastapi_app()
-        config = uvicorn.Config(
-            app,
-            http="httptools",
-            ws="none",
-            lifespan="off",
-            loop="none",
-            access_log=False,
-            log_level="warning",
-            server_header=False,
-        )
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        with contextlib.suppress(AttributeError):
-            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        task = asyncio.ensure_future(server.serve(sockets=[sock]))
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+        # Held until the end: the server's serve() task must not be garbage-collected.
+        uvicorn_server = await bench_apps.start_uvicorn(app, sock)  # noqa: F841
     elif row == "websocket":
         from websockets.asyncio.server import serve
 
@@ -115,7 +85,7 @@ def serve(row: str, loop_name: str, port_file: str) -> None:
     import logging
 
     logging.disable(logging.CRITICAL)  # clients that go away mid-message are expected
-    loop = new_loop(loop_name)
+    loop = _harness.new_loop(loop_name)
     asyncio.set_event_loop(loop)
     stop = loop.create_future()
     loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)

@@ -189,65 +189,84 @@ unsafe extern "C" fn sendto(
     // SAFETY: CPython calls method functions with the GIL held.
     let py = unsafe { Python::assume_attached() };
     c_method_result(py, "transport sendto", || {
-        // SAFETY: METH_FASTCALL | METH_KEYWORDS: `slf` is the receiver; `args` holds the
-        // positional arguments followed by one value per name in `kwnames` (NULL or a tuple
-        // of str), all borrowed for the call.
-        let (slf, data, addr) = unsafe {
-            let npos = ffi::PyVectorcall_NARGS(nargsf as usize);
-            let nkw = if kwnames.is_null() {
-                0
-            } else {
-                ffi::PyTuple_GET_SIZE(kwnames)
-            };
-            let mut data: Option<*mut ffi::PyObject> = None;
-            let mut addr: Option<*mut ffi::PyObject> = None;
-            if npos > 2 {
-                return Err(PyTypeError::new_err(format!(
-                    "sendto() takes from 2 to 3 positional arguments but {} were given",
-                    npos + 1
-                )));
-            }
-            if npos >= 1 {
-                data = Some(*args);
-            }
-            if npos == 2 {
-                addr = Some(*args.add(1));
-            }
-            for i in 0..nkw {
-                let name = Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, i));
-                let value = *args.add((npos + i) as usize);
-                let slot = match name.extract::<&str>()? {
-                    "data" => &mut data,
-                    "addr" => &mut addr,
-                    other => {
-                        return Err(PyTypeError::new_err(format!(
-                            "sendto() got an unexpected keyword argument '{other}'"
-                        )))
-                    }
-                };
-                if slot.is_some() {
-                    return Err(PyTypeError::new_err(format!(
-                        "sendto() got multiple values for argument '{}'",
-                        name.extract::<&str>()?
-                    )));
-                }
-                *slot = Some(value);
-            }
-            let Some(data) = data else {
-                return Err(PyTypeError::new_err(
-                    "sendto() missing 1 required positional argument: 'data'",
-                ));
-            };
-            (
-                Bound::from_borrowed_ptr(py, slf),
-                Bound::from_borrowed_ptr(py, data),
-                addr.map(|a| Bound::from_borrowed_ptr(py, a)),
-            )
-        };
+        // SAFETY: CPython's METH_FASTCALL | METH_KEYWORDS call of this method.
+        let (slf, data, addr) =
+            unsafe { one_or_two_args(py, "sendto", ["data", "addr"], slf, args, nargsf, kwnames)? };
         let core = core_of(&slf)?.cast_into::<DatagramTransport>()?;
         DatagramTransport::sendto(&core, &data, addr.as_ref())?;
         Ok(py.None())
     })
+}
+
+/// The receiver, the first argument, and the second if given.
+type ReceiverAndArgs<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+);
+
+/// The arguments of a `METH_FASTCALL | METH_KEYWORDS` method `name(first, second=None)`,
+/// given by position or keyword, with the `TypeError`s a Python function of that signature
+/// raises.
+///
+/// # Safety
+/// The pointers are those CPython passes to a `METH_FASTCALL | METH_KEYWORDS` method: `slf`
+/// is the receiver; `args` holds the positional arguments followed by one value per name in
+/// `kwnames` (NULL or a tuple of str), all borrowed for the call; the GIL is held.
+unsafe fn one_or_two_args<'py>(
+    py: Python<'py>,
+    name: &str,
+    params: [&str; 2],
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<ReceiverAndArgs<'py>> {
+    // SAFETY: see the function contract.
+    unsafe {
+        let npos = ffi::PyVectorcall_NARGS(nargsf as usize);
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames)
+        };
+        if npos > 2 {
+            return Err(PyTypeError::new_err(format!(
+                "{name}() takes from 2 to 3 positional arguments but {} were given",
+                npos + 1
+            )));
+        }
+        let mut values = [
+            (npos >= 1).then(|| *args),
+            (npos == 2).then(|| *args.add(1)),
+        ];
+        for i in 0..nkw {
+            let key = Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, i));
+            let key = key.extract::<&str>()?;
+            let Some(slot) = params.iter().position(|p| *p == key) else {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}() got an unexpected keyword argument '{key}'"
+                )));
+            };
+            if values[slot].is_some() {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}() got multiple values for argument '{key}'"
+                )));
+            }
+            values[slot] = Some(*args.add((npos + i) as usize));
+        }
+        let Some(first) = values[0] else {
+            return Err(PyTypeError::new_err(format!(
+                "{name}() missing 1 required positional argument: '{}'",
+                params[0]
+            )));
+        };
+        Ok((
+            Bound::from_borrowed_ptr(py, slf),
+            Bound::from_borrowed_ptr(py, first),
+            values[1].map(|v| Bound::from_borrowed_ptr(py, v)),
+        ))
+    }
 }
 
 /// `get_extra_info(name, default=None)`: asyncio's `self._extra.get(name, default)`. Libraries
@@ -269,51 +288,17 @@ unsafe extern "C" fn get_extra_info(
         // SAFETY: METH_FASTCALL | METH_KEYWORDS: `slf` is the receiver; `args` holds the
         // positional arguments followed by one value per name in `kwnames` (NULL or a tuple
         // of str), all borrowed for the call.
+        // SAFETY: CPython's METH_FASTCALL | METH_KEYWORDS call of this method.
         let (slf, name, default) = unsafe {
-            let npos = ffi::PyVectorcall_NARGS(nargsf as usize);
-            let nkw = if kwnames.is_null() {
-                0
-            } else {
-                ffi::PyTuple_GET_SIZE(kwnames)
-            };
-            if npos > 2 {
-                return Err(PyTypeError::new_err(format!(
-                    "get_extra_info() takes from 2 to 3 positional arguments but {} were given",
-                    npos + 1
-                )));
-            }
-            let mut name = (npos >= 1).then(|| *args);
-            let mut default = (npos == 2).then(|| *args.add(1));
-            for i in 0..nkw {
-                let key = Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, i));
-                let value = *args.add((npos + i) as usize);
-                let key = key.extract::<&str>()?;
-                let slot = match key {
-                    "name" => &mut name,
-                    "default" => &mut default,
-                    other => {
-                        return Err(PyTypeError::new_err(format!(
-                            "get_extra_info() got an unexpected keyword argument '{other}'"
-                        )))
-                    }
-                };
-                if slot.is_some() {
-                    return Err(PyTypeError::new_err(format!(
-                        "get_extra_info() got multiple values for argument '{key}'"
-                    )));
-                }
-                *slot = Some(value);
-            }
-            let Some(name) = name else {
-                return Err(PyTypeError::new_err(
-                    "get_extra_info() missing 1 required positional argument: 'name'",
-                ));
-            };
-            (
-                Bound::from_borrowed_ptr(py, slf),
-                Bound::from_borrowed_ptr(py, name),
-                default.map(|d| Bound::from_borrowed_ptr(py, d)),
-            )
+            one_or_two_args(
+                py,
+                "get_extra_info",
+                ["name", "default"],
+                slf,
+                args,
+                nargsf,
+                kwnames,
+            )?
         };
         let default = default.unwrap_or_else(|| py.None().into_bound(py));
         let extra = slf.getattr(intern!(py, "_extra"))?;
