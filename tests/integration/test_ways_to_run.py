@@ -311,9 +311,7 @@ def test_sanic_workers(run: Any, loop_name: str) -> None:
     which the policy that ``python -m ferroloop`` set does not exist (the workers would run
     asyncio's loop); forked workers keep it."""
     import_or_skip("sanic")
-    port = free_port()
     launcher = {"asyncio": [], "ferroloop": ["-m", "ferroloop"]}[loop_name]
-    args = [*launcher, APP, "sanic-workers", "--port", str(port)]
     # SIGTERM to the main process, which stops its workers. Not Ctrl-C: SIGINT to the whole
     # group also reaches Sanic's multiprocessing manager process, which dies of it, and the
     # workers fail to report their state to it (tracebacks; with forked workers the main
@@ -322,11 +320,34 @@ def test_sanic_workers(run: Any, loop_name: str) -> None:
     # before it serves): a stop signal while it still waits for them leaves it waiting for
     # ever, on either loop (Sanic 25.12: WorkerManager.wait_for_ack sends the shutdown
     # message back to itself).
-    answers, output, status = serve_and_stop(
-        run, args, port, signal.SIGTERM, ["/", "/pid"], workers=2, settle=2.0
-    )
-    assert all(a["loop"].startswith(loop_name) for a in answers), (answers, output)
-    check_stopped_cleanly(output, status, ["exited"])
+    #
+    # And a rare race of Sanic's own, on either loop: its SIGTERM handler records each worker's
+    # new state in the multiprocessing manager's dict; when the signal lands while the main
+    # thread's monitor is itself inside a call to that dict (``_sync_states``, every 0.1 s),
+    # the handler's request and reply interleave with the interrupted one on the same
+    # connection, and the interrupted call fails (EOFError, or a None for a dict); the main
+    # process exits 1 and its workers, their listening socket shut, log accept() errors.
+    # Reproduced without Sanic or any event loop: a manager dict read in a loop while a signal
+    # handler writes to it. Only that failure, recognised by its traceback, is tried again.
+    for attempt in range(3):
+        port = free_port()
+        args = [*launcher, APP, "sanic-workers", "--port", str(port)]
+        answers, output, status = serve_and_stop(
+            run, args, port, signal.SIGTERM, ["/", "/pid"], workers=2, settle=2.0
+        )
+        assert all(a["loop"].startswith(loop_name) for a in answers), (answers, output)
+        if attempt < 2 and status != 0 and sanic_manager_reentry(output):
+            print(f"attempt {attempt + 1}: Sanic's signal handler re-entered its manager")
+            continue
+        check_stopped_cleanly(output, status, ["exited"])
+        break
+
+
+def sanic_manager_reentry(output: str) -> bool:
+    """Whether Sanic's main process died of its signal handler's re-entrant manager call: the
+    traceback passes through the monitor's ``_sync_states`` into ``multiprocessing.managers``."""
+    tail = output.partition("in _sync_states")[2]
+    return "multiprocessing/managers.py" in tail and "_callmethod" in tail
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
