@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import sys
+from unittest import mock
 
 import pytest
 from net_support import (  # noqa: F401
@@ -273,6 +274,29 @@ def test_get_extra_info_arguments_and_replaced_extra(loop, connect):
             assert tr.get_extra_info("x", 5) == ("custom", "x", 5)
         finally:
             tr._extra = saved
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("patched", ["BaseTransport", "Transport"])
+def test_get_extra_info_patched_on_asyncio_base_class(loop, connect, patched):
+    # asyncio's socket transports inherit get_extra_info from asyncio's base classes, so a
+    # patch there (websockets' tests patch BaseTransport.get_extra_info) reaches them.
+    async def main():
+        tr, proto, peer = await connect()
+        base = getattr(asyncio, patched)
+        with mock.patch.object(base, "get_extra_info", return_value=("patched", 1)):
+            assert tr.get_extra_info("peername") == ("patched", 1)
+        assert tr.get_extra_info("peername") == peer.getsockname()
+        assert tr._extra.get("sockname") == peer.getpeername()
+        assert tr._extra.get("socket") is tr.get_extra_info("socket")
+        assert tr._extra.get("no-such-key", 7) == 7
+        with pytest.raises(TypeError):
+            tr._extra.get(key="no-such-key")
+        with pytest.raises(TypeError):
+            tr._extra.get()
+        with pytest.raises(TypeError):
+            tr._extra.get("a", 1, 2)
 
     run(loop, main())
 

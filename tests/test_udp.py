@@ -17,6 +17,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable
+from unittest import mock
 
 import pytest
 from net_support import (  # noqa: F401  (fixtures, made visible to pytest by the import)
@@ -236,6 +237,21 @@ def test_sendto_names_and_unusual_addresses(loop, closer):
         for expected in (b"name", b"intsub", b"bytes-host"):
             assert (await recv_from(peer))[0] == expected
         assert proto.errors == []
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("patched", ["BaseTransport", "Transport"])
+def test_get_extra_info_patched_on_asyncio_base_class(loop, closer, patched):
+    # As asyncio's, the datagram transport inherits get_extra_info from asyncio's classes
+    # (not DatagramTransport here: asyncio's selector datagram transport is not one).
+    async def main():
+        tr, proto = await endpoint(loop, closer, local_addr=("127.0.0.1", 0))
+        sockname = tr.get_extra_info("sockname")
+        with mock.patch.object(getattr(asyncio, patched), "get_extra_info", return_value="p"):
+            assert tr.get_extra_info("sockname") == "p"
+        assert tr.get_extra_info("sockname") == sockname
+        assert tr.get_extra_info("socket").getsockname() == sockname
 
     run(loop, main())
 

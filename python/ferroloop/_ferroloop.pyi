@@ -307,6 +307,6 @@ def _watchdog_stop() -> None:
     """Interpreter exit: the watchdog thread stops taking the GIL."""
 
 def _install_face_methods(stream_face: type, datagram_face: type, extra_type: type) -> None:
-    """Installs write/writelines/is_closing and sendto/is_closing, and get_extra_info on both,
-    as native methods on the transports' Python face classes (``extra_type``: their extra-info
-    dict class)."""
+    """Installs write/writelines/is_closing and sendto/is_closing as native methods on the
+    transports' Python face classes, and ``get`` on ``extra_type``, their extra-info dict class
+    (what asyncio's inherited ``get_extra_info`` calls)."""

@@ -46,10 +46,7 @@ class _Extra(dict):
             return value
         raise KeyError(key)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        if key == "socket" and self._sock is not None:
-            return self["socket"]
-        return super().get(key, default)
+    # get(key, default=None): native, installed below by _install_face_methods.
 
     def __contains__(self, key: object) -> bool:
         return super().__contains__(key) or (key == "socket" and self._sock is not None)
@@ -399,6 +396,7 @@ class DatagramTransport(_NativeFace, transports._FlowControlMixin, asyncio.Datag
         return self._loop is not None and not self._loop.is_closed()
 
 
-# write / writelines / is_closing and sendto / is_closing, and get_extra_info on both: native
-# methods on the classes.
+# write / writelines / is_closing and sendto / is_closing: native methods on the classes, and
+# _Extra.get (what asyncio's BaseTransport.get_extra_info, inherited as on asyncio's
+# transports, calls).
 _ferroloop._install_face_methods(SocketTransport, DatagramTransport, _Extra)

@@ -1,6 +1,6 @@
 //! The hot methods of the transports' Python faces (`SocketTransport.write`, `writelines`,
-//! `is_closing`; `DatagramTransport.sendto`, `is_closing`; `get_extra_info` on both) as
-//! native method descriptors on those classes.
+//! `is_closing`; `DatagramTransport.sendto`, `is_closing`) as native method descriptors on
+//! those classes, and `get` of their extra-info dict (`_transports._Extra`).
 //!
 //! A face keeps its native core in `self._core`. Binding the core's methods onto every
 //! instance made the calls direct but cost about 100 bytes per method per connection; a
@@ -14,7 +14,6 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
 
 use crate::fastcall::{c_method_result, install_method, MethodDef};
@@ -59,18 +58,15 @@ static SENDTO_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
         .as_ptr() as *const c_char,
 });
 
-static GET_EXTRA_INFO_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
-    ml_name: c"get_extra_info".as_ptr() as *const c_char,
+static EXTRA_GET_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"get".as_ptr() as *const c_char,
     ml_meth: ffi::PyMethodDefPointer {
-        PyCFunctionFastWithKeywords: get_extra_info,
+        PyCFunctionFast: extra_get,
     },
-    ml_flags: (ffi::METH_FASTCALL | ffi::METH_KEYWORDS) as c_int,
-    ml_doc: c"get_extra_info(name, default=None)\n--\n\nGet optional transport information."
+    ml_flags: ffi::METH_FASTCALL as c_int,
+    ml_doc: c"get(key, default=None, /)\n--\n\nThe value for key (the 'socket' wrapper made on first use), else default."
         .as_ptr() as *const c_char,
 });
-
-/// `_transports._Extra`, the faces' extra-info dict (its `'socket'` entry is made on first use).
-static EXTRA_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// Installs the descriptors on the Python face classes (called once by `_transports.py`).
 #[pyfunction]
@@ -80,23 +76,12 @@ pub(crate) fn _install_face_methods(
     extra_type: &Bound<'_, PyType>,
 ) -> PyResult<()> {
     let py = stream_face.py();
-    // First install wins (the module is imported once; a reload keeps the first class).
-    let _ = EXTRA_TYPE.get_or_init(py, || extra_type.clone().unbind());
     install_method(stream_face, &WRITE_DEF, intern!(py, "write"))?;
     install_method(stream_face, &WRITELINES_DEF, intern!(py, "writelines"))?;
     install_method(stream_face, &IS_CLOSING_DEF, intern!(py, "is_closing"))?;
-    install_method(
-        stream_face,
-        &GET_EXTRA_INFO_DEF,
-        intern!(py, "get_extra_info"),
-    )?;
     install_method(datagram_face, &SENDTO_DEF, intern!(py, "sendto"))?;
     install_method(datagram_face, &IS_CLOSING_DEF, intern!(py, "is_closing"))?;
-    install_method(
-        datagram_face,
-        &GET_EXTRA_INFO_DEF,
-        intern!(py, "get_extra_info"),
-    )
+    install_method(extra_type, &EXTRA_GET_DEF, intern!(py, "get"))
 }
 
 /// `self._core`, the face's native core.
@@ -269,54 +254,46 @@ unsafe fn one_or_two_args<'py>(
     }
 }
 
-/// `get_extra_info(name, default=None)`: asyncio's `self._extra.get(name, default)`. Libraries
-/// call it per request (anyio, and through it httpcore's connection pool, asks for `'socket'`
-/// on every pool scan), where asyncio's is one Python frame and ours would be two (the face's,
-/// and `_Extra.get` for the lazy `'socket'` entry). A key already in the dict is read straight
-/// from it when `_extra` is a plain dict or ours; anything else (a missing key of ours, which
-/// may be `'socket'` not made yet; a replacement `_extra` of another type) goes through its
-/// own `get()`, as asyncio's does.
-unsafe extern "C" fn get_extra_info(
+/// `_Extra.get(key, default=None)`, what asyncio's inherited `get_extra_info` calls. The faces
+/// define no `get_extra_info` of their own, as asyncio's socket and datagram transports do not:
+/// a program or test that patches `asyncio.BaseTransport.get_extra_info` (websockets' tests do)
+/// reaches ours too. Libraries call it per request (anyio, and through it httpcore's pool, asks
+/// for `'socket'` on every pool scan): a key in the dict is read straight from it, with no
+/// Python frame; a miss on `'socket'` while the socket is kept makes the wrapper (`__missing__`
+/// through `self['socket']`); any other miss is `default`.
+unsafe extern "C" fn extra_get(
     slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls method functions with the GIL held.
     let py = unsafe { Python::assume_attached() };
-    c_method_result(py, "transport get_extra_info", || {
-        // SAFETY: METH_FASTCALL | METH_KEYWORDS: `slf` is the receiver; `args` holds the
-        // positional arguments followed by one value per name in `kwnames` (NULL or a tuple
-        // of str), all borrowed for the call.
-        // SAFETY: CPython's METH_FASTCALL | METH_KEYWORDS call of this method.
-        let (slf, name, default) = unsafe {
-            one_or_two_args(
-                py,
-                "get_extra_info",
-                ["name", "default"],
-                slf,
-                args,
-                nargsf,
-                kwnames,
-            )?
-        };
-        let default = default.unwrap_or_else(|| py.None().into_bound(py));
-        let extra = slf.getattr(intern!(py, "_extra"))?;
-        let plain = extra.is_exact_instance_of::<PyDict>();
-        let ours = EXTRA_TYPE
-            .get(py)
-            .is_some_and(|t| extra.get_type().is(t.bind(py)));
-        if plain || ours {
-            let dict = extra.cast::<PyDict>()?;
-            if let Some(value) = dict.get_item(&name)? {
-                return Ok(value.unbind());
-            }
-            if plain {
-                return Ok(default.unbind());
-            }
+    c_method_result(py, "transport extra get", || {
+        // Positional only, as dict.get (CPython rejects keywords for a METH_FASTCALL method).
+        if !(1..=2).contains(&nargs) {
+            return Err(PyTypeError::new_err(if nargs < 1 {
+                format!("get expected at least 1 argument, got {nargs}")
+            } else {
+                format!("get expected at most 2 arguments, got {nargs}")
+            }));
         }
-        Ok(extra
-            .call_method1(intern!(py, "get"), (name, default))?
-            .unbind())
+        // SAFETY: CPython's METH_FASTCALL call of this method: `slf` is the receiver and
+        // `args` holds `nargs` (checked: 1 or 2) borrowed positional arguments.
+        let (slf, key, default) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, slf),
+                Bound::from_borrowed_ptr(py, *args),
+                (nargs == 2).then(|| Bound::from_borrowed_ptr(py, *args.add(1))),
+            )
+        };
+        // The descriptor checked the receiver: an `_Extra`, a dict subclass.
+        let dict = slf.cast::<PyDict>()?;
+        if let Some(value) = dict.get_item(&key)? {
+            return Ok(value.unbind());
+        }
+        if key.eq(intern!(py, "socket"))? && !slf.getattr(intern!(py, "_sock"))?.is_none() {
+            return Ok(slf.get_item(key)?.unbind());
+        }
+        Ok(default.map_or_else(|| py.None(), Bound::unbind))
     })
 }
