@@ -60,6 +60,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(watchdog::_watchdog_stop, m)?)?;
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sockops::SockWaiter>()?;
+    sockops::init_socket_types(m.py())?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
     m.add_function(wrap_pyfunction!(
         transports::face::_install_face_methods,

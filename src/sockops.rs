@@ -42,21 +42,35 @@ thread_local! {
     static RECV_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-static PLAIN_SOCKET: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+/// `socket.socket` and `_socket.socket` as they were when the module was imported (None: not
+/// a type then). Read once, up front: a later patch of `socket.socket` (asyncssh's tests put a
+/// function there) must not reach `sock_recv`/`sock_sendall`, as it does not reach asyncio's.
+static PLAIN_SOCKET: PyOnceLock<Option<Py<PyType>>> = PyOnceLock::new();
+static SOCKET_BASE: PyOnceLock<Option<Py<PyType>>> = PyOnceLock::new();
+
+/// Reads the two socket types (called by the module's initialisation).
+pub(crate) fn init_socket_types(py: Python<'_>) -> PyResult<()> {
+    for (cell, module) in [(&PLAIN_SOCKET, "socket"), (&SOCKET_BASE, "_socket")] {
+        let ty = py.import(module)?.getattr("socket")?;
+        let _ = cell.get_or_init(py, || ty.cast_into::<PyType>().ok().map(Bound::unbind));
+    }
+    Ok(())
+}
+
+fn socket_type<'a>(
+    py: Python<'_>,
+    cell: &'a PyOnceLock<Option<Py<PyType>>>,
+) -> Option<&'a Py<PyType>> {
+    cell.get(py).and_then(Option::as_ref)
+}
 
 /// asyncio's checks at the start of `sock_recv`/`sock_sendall` (an `ssl.SSLSocket` is refused,
 /// and in debug mode a blocking socket), then the socket's fd from `sock.fileno()`.
 pub(crate) fn checked_fd(sock: &Bound<'_, PyAny>, debug: bool) -> PyResult<RawFd> {
     let py = sock.py();
-    let plain = PLAIN_SOCKET.get_or_try_init(py, || -> PyResult<Py<PyType>> {
-        Ok(py
-            .import("socket")?
-            .getattr("socket")?
-            .cast_into::<PyType>()?
-            .unbind())
-    })?;
+    let plain = socket_type(py, &PLAIN_SOCKET).is_some_and(|t| sock.get_type().is(t.bind(py)));
     // A plain socket.socket cannot be an ssl.SSLSocket (a subclass); others ask asyncio.
-    if !sock.get_type().is(plain.bind(py)) {
+    if !plain {
         py.import("asyncio.base_events")?
             .getattr(intern!(py, "_check_ssl_socket"))?
             .call1((sock,))?;
@@ -212,7 +226,6 @@ impl SockOp {
     }
 }
 
-static SOCKET_BASE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 /// Whether reading the fd out of the socket object works (checked once against `fileno()`).
 static RAW_FD_CHECKED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
@@ -222,14 +235,10 @@ static RAW_FD_CHECKED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8
 /// that does not hold, or for an object that is not a `_socket.socket`, `fileno()` is called.
 fn current_fd(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let py = sock.py();
-    let base = SOCKET_BASE.get_or_try_init(py, || -> PyResult<Py<PyType>> {
-        Ok(py
-            .import("_socket")?
-            .getattr("socket")?
-            .cast_into::<PyType>()?
-            .unbind())
-    })?;
     let from_fileno = || -> PyResult<RawFd> { sock.call_method0(intern!(py, "fileno"))?.extract() };
+    let Some(base) = socket_type(py, &SOCKET_BASE) else {
+        return from_fileno();
+    };
     if !sock.is_instance(base.bind(py))? {
         return from_fileno();
     }

@@ -11,6 +11,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
+from unittest import mock
 
 import pytest
 from net_support import (  # noqa: F401
@@ -274,6 +275,26 @@ def test_sock_sendto_recvfrom_ipv6(loop, track):
 
 
 # ---------------------------------------------------------------- connect / accept
+
+
+def test_sock_recv_and_sendall_while_socket_socket_is_patched(loop, track):
+    # asyncssh's tun/tap tests replace socket.socket with a function and then pass real
+    # sockets to sock_recv: asyncio's sock_* never look that name up.
+    a, b = _pair(track)
+
+    def not_a_type(*args, **kwargs):
+        raise AssertionError("socket.socket called")
+
+    async def main():
+        with mock.patch("socket.socket", not_a_type):
+            await loop.sock_sendall(a, b"hello")
+            assert await _recv_exactly(loop, b, 5) == b"hello"
+            await loop.sock_sendall(b, b"back")
+            buf = bytearray(4)
+            assert await loop.sock_recv_into(a, buf) == 4
+            assert buf == b"back"
+
+    run(loop, main())
 
 
 def test_sock_connect_and_accept(loop, track):
