@@ -18,6 +18,7 @@ names are resolved on a small dedicated thread pool, never on the user's default
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import ipaddress
 import os
 import socket
@@ -384,3 +385,53 @@ class NetworkingMixin:
         return await futures.wrap_future(
             _resolver_pool().submit(base_events.socket.getnameinfo, sockaddr, flags), loop=loop
         )
+
+
+# The public coroutine methods asyncio's loop and ferroloop's both run as Python code: asyncio's
+# own (borrowed above) and the resolver's. On asyncio's loop a patch of the class attribute
+# (``mock.patch("asyncio.BaseEventLoop.create_connection", ...)``, as asyncssh's tests do)
+# changes what every loop runs; ferroloop's loop is no BaseEventLoop, so each of these methods
+# looks the name up on asyncio's Unix loop class when called and runs the replacement if there
+# is one. One attribute lookup and one coroutine frame per call (0.3-0.4 us), on paths that run
+# once per connection, server, file or name lookup. The per-message sock_* methods (recv,
+# recv_into, sendall, recvfrom, recvfrom_into, sendto: the frames would add 10-15 % to a UDP
+# round trip over them), and everything native, do not follow such patches (README).
+_PER_MESSAGE = frozenset({"sock_recvfrom", "sock_recvfrom_into", "sock_sendto"})
+FOLLOWS_ASYNCIO_PATCHES = tuple(
+    name
+    for names in BORROWED.values()
+    for name in names
+    if not name.startswith("_") and name not in _PER_MESSAGE and name in NetworkingMixin.__dict__
+) + ("getaddrinfo", "getnameinfo")
+
+
+def _bound_replacement(name: str, loop: Any) -> Any:
+    """The replacement asyncio's loop would call: the raw class attribute, bound as attribute
+    access on an instance binds it (a plain function gets the loop; a mock, no descriptor, is
+    called as it is)."""
+    for cls in _UNIX.__mro__:
+        if name in cls.__dict__:
+            attr = cls.__dict__[name]
+            bind = getattr(type(attr), "__get__", None)
+            return bind(attr, loop, type(loop)) if bind is not None else attr
+    raise AttributeError(name)
+
+
+def _following_asyncio_patches(name: str, ours: Any) -> Any:
+    original = getattr(_UNIX, name)
+
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_UNIX, name) is original:
+            return await ours(self, *args, **kwargs)
+        return await _bound_replacement(name, self)(*args, **kwargs)
+
+    return functools.update_wrapper(method, ours)
+
+
+for _name in FOLLOWS_ASYNCIO_PATCHES:
+    setattr(
+        NetworkingMixin,
+        _name,
+        _following_asyncio_patches(_name, NetworkingMixin.__dict__[_name]),
+    )
+del _name
