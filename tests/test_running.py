@@ -305,3 +305,42 @@ def test_private_ready_and_scheduled_views(loop):
         t.cancel()
     loop.run_until_complete(asyncio.sleep(0))
     assert len(loop._ready) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("shutdown_asyncgens", ()),
+        ("shutdown_default_executor", ()),
+        ("sock_recv", (None, 1)),
+        ("sock_recv_into", (None, None)),
+        ("sock_sendall", (None, b"")),
+        ("getaddrinfo", ("localhost", 80)),
+        ("getnameinfo", (("127.0.0.1", 80),)),
+        ("create_connection", (None,)),
+    ],
+)
+def test_coroutine_methods_carry_asyncios_names(loop, name, args):
+    # Warnings ("coroutine ... was never awaited") and the filters that silence them go by
+    # the coroutine's __qualname__: asyncio's own, e.g. BaseEventLoop.shutdown_asyncgens.
+    coro = getattr(loop, name)(*args)
+    try:
+        assert coro.__qualname__ == getattr(asyncio.SelectorEventLoop, name).__qualname__
+    finally:
+        coro.close()
+
+
+def test_runner_close_on_a_closed_loop_warns_only_as_filtered(loop_factory):
+    # asyncio.Runner.close() on a loop the program closed itself makes a shutdown_asyncgens()
+    # coroutine it never awaits; pytest-asyncio filters that warning by asyncio's name for it.
+    runner = asyncio.Runner(loop_factory=loop_factory)
+    loop = runner.get_loop()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", ".*BaseEventLoop.shutdown_asyncgens.*", RuntimeWarning)
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            runner.close()
+        gc.collect()
+    assert [str(w.message) for w in caught] == []

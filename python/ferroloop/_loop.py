@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import errno
 import functools
+import inspect
 import logging
 import selectors
 import signal
@@ -22,7 +23,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from asyncio import base_events, constants, coroutines, events, futures, tasks
+from asyncio import base_events, constants, coroutines, events, futures, tasks, unix_events
 from collections.abc import Callable
 from typing import Any
 
@@ -769,3 +770,28 @@ class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop
         if self._csock is not None:
             self._csock.close()
             self._csock = None
+
+
+def _take_asyncio_coroutine_names(cls: type) -> None:
+    """Name each of ferroloop's own coroutine methods as asyncio's loop names its counterpart
+    (``BaseEventLoop.shutdown_asyncgens``, not ``Loop.shutdown_asyncgens``). A coroutine takes
+    its function's ``__qualname__``, and that name is what warnings show and filters match:
+    ``asyncio.Runner.close()`` on a loop a test already closed makes a
+    ``shutdown_asyncgens()`` coroutine it never awaits, and pytest-asyncio silences that
+    warning with a filter on ``BaseEventLoop.shutdown_asyncgens``. The methods asyncio's code
+    provides (``_net.BORROWED``) have their names already."""
+    reference = unix_events._UnixSelectorEventLoop
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("ferroloop."):
+            continue
+        for name, func in vars(klass).items():
+            theirs = getattr(reference, name, None)
+            if (
+                inspect.iscoroutinefunction(func)
+                and inspect.iscoroutinefunction(theirs)
+                and func.__qualname__ != theirs.__qualname__
+            ):
+                func.__qualname__ = theirs.__qualname__
+
+
+_take_asyncio_coroutine_names(Loop)
