@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 
 var = contextvars.ContextVar("var", default="unset")
 
@@ -123,3 +124,52 @@ def test_handle_context_outlives_its_handle(loop):
     ctx = loop.run_until_complete(main())
     assert seen == [5, *range(2000)]
     assert ctx.run(var.get) == 5
+
+
+def test_subprocess_protocol_callbacks_run_in_the_starting_context(loop, loop_name):
+    # Every callback of a subprocess protocol runs in the context of the code that started
+    # the process. asyncio 3.11 runs process_exited() and connection_lost() in the child
+    # watcher's empty context (fixed in 3.12); ferroloop does what 3.12+ do on every
+    # version (README, "Deliberate differences").
+    seen = {}
+
+    class Proto(asyncio.SubprocessProtocol):
+        def __init__(self, done):
+            self.done = done
+
+        def connection_made(self, transport):
+            seen["connection_made"] = var.get()
+
+        def pipe_data_received(self, fd, data):
+            seen["pipe_data_received"] = var.get()
+
+        def pipe_connection_lost(self, fd, exc):
+            seen["pipe_connection_lost"] = var.get()
+
+        def process_exited(self):
+            seen["process_exited"] = var.get()
+
+        def connection_lost(self, exc):
+            seen["connection_lost"] = var.get()
+            self.done.set_result(None)
+
+    async def main():
+        var.set("starter")
+        done = loop.create_future()
+        transport, _ = await loop.subprocess_exec(
+            lambda: Proto(done), sys.executable, "-c", "print('x')"
+        )
+        try:
+            await asyncio.wait_for(done, 30)
+        finally:
+            transport.close()
+
+    loop.run_until_complete(main())
+    late = "unset" if loop_name == "asyncio" and sys.version_info < (3, 12) else "starter"
+    assert seen == {
+        "connection_made": "starter",
+        "pipe_data_received": "starter",
+        "pipe_connection_lost": "starter",
+        "process_exited": late,
+        "connection_lost": late,
+    }
