@@ -778,8 +778,9 @@ def _take_asyncio_coroutine_names(cls: type) -> None:
     its function's ``__qualname__``, and that name is what warnings show and filters match:
     ``asyncio.Runner.close()`` on a loop a test already closed makes a
     ``shutdown_asyncgens()`` coroutine it never awaits, and pytest-asyncio silences that
-    warning with a filter on ``BaseEventLoop.shutdown_asyncgens``. The methods asyncio's code
-    provides (``_net.BORROWED``) have their names already."""
+    warning with a filter on ``BaseEventLoop.shutdown_asyncgens``. Only ferroloop's own
+    functions are renamed: the ones taken from asyncio (``_net.BORROWED``) are asyncio's
+    objects, which keep their names whatever class asyncio's Unix loop finds a name on."""
     reference = unix_events._UnixSelectorEventLoop
     for klass in cls.__mro__:
         if not klass.__module__.startswith("ferroloop."):
@@ -788,6 +789,7 @@ def _take_asyncio_coroutine_names(cls: type) -> None:
             theirs = getattr(reference, name, None)
             if (
                 inspect.iscoroutinefunction(func)
+                and func.__module__.startswith("ferroloop.")
                 and inspect.iscoroutinefunction(theirs)
                 and func.__qualname__ != theirs.__qualname__
             ):
