@@ -111,9 +111,15 @@ elif CHILDREN_REPORT and os.path.exists(CHILDREN_REPORT):
     os.unlink(CHILDREN_REPORT)  # a previous session's
 
 
+FAILURE_TEXT = 3000  # characters kept from the end of a failed test's report
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.outcomes: dict[str, str] = {}
+        # The end of each failure's report, so that the runner can show why a test failed
+        # (CI keeps only what the runner prints).
+        self.failures: dict[str, str] = {}
         self.order: list[str] = []
         self.deselected = 0
 
@@ -146,6 +152,8 @@ class _Recorder:
         if report.failed:
             # An error in setup or teardown fails the test, as in pytest's own summary.
             self.outcomes[nodeid] = "failed"
+            text = f"[{report.when}] {report.longreprtext}"
+            self.failures[nodeid] = (self.failures.get(nodeid, "") + "\n" + text)[-FAILURE_TEXT:]
         elif report.skipped and self.outcomes[nodeid] != "failed":
             # xfail counts as skipped (it did not pass).
             self.outcomes[nodeid] = "skipped"
@@ -184,7 +192,11 @@ class _Recorder:
             "loop": LOOP,
             "policy": _qualname(type(asyncio.get_event_loop_policy())),
             "tests": {
-                nodeid: {"outcome": self.outcomes[nodeid], "loops": _loops_by_test.get(nodeid, {})}
+                nodeid: {
+                    "outcome": self.outcomes[nodeid],
+                    "loops": _loops_by_test.get(nodeid, {}),
+                    **({"failure": self.failures[nodeid]} if nodeid in self.failures else {}),
+                }
                 for nodeid in self.order
             },
             "deselected": self.deselected,

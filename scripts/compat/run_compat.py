@@ -411,6 +411,11 @@ class Run:
     def outcomes(self) -> dict[str, str]:
         return {t: v["outcome"] for t, v in self.report.get("tests", {}).items()}
 
+    def failure(self, test: str, lines: int = 25) -> list[str]:
+        """The last lines of a failed test's report, as the plugin recorded them."""
+        text = self.report.get("tests", {}).get(test, {}).get("failure", "")
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes.values() if o == outcome)
 
@@ -611,6 +616,7 @@ def run_suite(suite: Suite, loops: list[str], timeout: float) -> SuiteOutcome:
 
     missing = sorted(t for t, o in a.items() if o == "passed" and f.get(t) != "passed")
     flaky: list[str] = []
+    rerun: Run | None = None
     if missing and len(missing) <= 100:
         out.log(f"  {len(missing)} tests pass on asyncio but not on ferroloop: running them again")
         before = suite.snapshot()
@@ -627,10 +633,20 @@ def run_suite(suite: Suite, loops: list[str], timeout: float) -> SuiteOutcome:
         out.log(f"    {t} ({f'allowed: {reason}' if reason else outcome})")
         if not reason:
             out.failures.append(f"{name}: {t} passes on asyncio, {outcome} on ferroloop")
+            # Why, from the last run that failed it (the log files stay on the CI machine).
+            for source in (rerun, runs["ferroloop"]):
+                lines = source.failure(t) if source else []
+                if lines:
+                    out.log(f"      why ({'rerun' if source is rerun else 'first run'}):")
+                    for line in lines:
+                        out.log(f"        | {line}")
+                    break
     if flaky:
         out.log(f"  failed on ferroloop, then passed when run again (flaky): {len(flaky)}")
         for t in flaky:
             out.log(f"    {t}")
+            for line in runs["ferroloop"].failure(t, lines=12):
+                out.log(f"        | {line}")
     out.result["asyncio_only_passes"] = missing
     out.result["flaky_on_ferroloop"] = flaky
     out.result["ferroloop_only_passes"] = sorted(
