@@ -27,12 +27,13 @@ selects the settings profile (``ci``, the default, or ``long``), and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import re
 import socket
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -83,10 +84,35 @@ def run_machine(machine: type[RuleBasedStateMachine], weight: float = 1.0) -> No
     (a machine whose examples are slow gets fewer)."""
     base = settings.get_profile(PROFILE)
     examples = int(os.environ.get("FERROLOOP_HYPOTHESIS_EXAMPLES", base.max_examples))
-    run_state_machine_as_test(
-        machine,
-        settings=settings(base, max_examples=max(1, int(examples * weight))),
-    )
+    with _on_one_cpu(getattr(machine, "world_class", World).network):
+        run_state_machine_as_test(
+            machine,
+            settings=settings(base, max_examples=max(1, int(examples * weight))),
+        )
+
+
+@contextlib.contextmanager
+def _on_one_cpu(pin: bool) -> Iterator[None]:
+    """Keeps the calling thread on the CPU it runs on (World.settle_network needs it)."""
+    if not pin or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    here = _current_cpu()
+    os.sched_setaffinity(0, {here if here in before else min(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _current_cpu() -> int:
+    """The CPU this thread runs on (field 39 of /proc/thread-self/stat), or -1."""
+    try:
+        with open("/proc/thread-self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 # ---------------------------------------------------------------- the worlds
@@ -177,8 +203,37 @@ class World:
 
     def run_once(self) -> None:
         """One iteration: what is ready now, I/O already readable, timers due."""
+        if self.network:
+            self.settle_network()
         self.loop.call_soon(self.loop.stop)
         self.loop.run_forever()
+
+    # Worlds whose sockets talk over loopback TCP/UDP set this: before each iteration every
+    # packet this thread sent has reached its socket (see settle_network).
+    network = False
+    _markers: tuple[socket.socket, socket.socket] | None = None
+
+    def settle_network(self) -> None:
+        """Waits until the kernel has delivered every packet this thread sent so far.
+
+        A loopback send queues the packet on this CPU's backlog, usually processed before
+        sendto() returns, but under load the kernel may defer it (to ksoftirqd); one world
+        would then see a datagram in this iteration and the other in the next (a CI failure
+        of the datagram machine). The backlog is a queue per CPU and run_machine() keeps the
+        thread on one CPU, so a marker datagram's arrival means that everything sent before
+        it was processed; a second marker covers what that processing sent (an ICMP error
+        for a closed port, a TCP ACK)."""
+        if self._markers is None:
+            rx = self.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            rx.bind(("127.0.0.1", 0))
+            rx.settimeout(5.0)
+            tx = self.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            tx.connect(rx.getsockname())
+            self._markers = (rx, tx)
+        rx, tx = self._markers
+        for _ in range(2):
+            tx.send(b"m")
+            rx.recv(16)
 
     def advance(self, seconds: float) -> None:
         self.clock.now += seconds
@@ -272,6 +327,8 @@ class DiffMachine(RuleBasedStateMachine):
         an event; then the traces are compared."""
         for w in self.worlds:
             fn = getattr(w, op) if isinstance(op, str) else (lambda *a, w=w: op(w, *a))
+            if w.network:
+                w.settle_network()  # what the previous op sent has arrived (a peer reads it)
             try:
                 result = fn(*args)
             except Exception as exc:

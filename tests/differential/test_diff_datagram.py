@@ -63,6 +63,8 @@ class Endpoint:
 
 
 class DatagramWorld(World):
+    network = True  # loopback TCP/UDP: settle before each iteration
+
     def __init__(self, kind: str, debug: bool = False) -> None:
         super().__init__(kind, debug)
         self.eps: dict[int, Endpoint] = {}

@@ -28,6 +28,8 @@ def small(s: socket.socket) -> socket.socket:
 
 
 class SockWorld(World):
+    network = True  # loopback TCP/UDP: settle before each iteration
+
     def __init__(self, kind: str, debug: bool = False) -> None:
         super().__init__(kind, debug)
         # pid -> the two ends; a pair made by connect + accept has its accepted end filled in

@@ -96,6 +96,8 @@ class BufferedProto(Proto, asyncio.BufferedProtocol):
 
 
 class StreamWorld(World):
+    network = True  # loopback TCP/UDP: settle before each iteration
+
     def __init__(self, kind: str, debug: bool = False) -> None:
         super().__init__(kind, debug)
         self.conns: dict[int, tuple[asyncio.Transport, Proto, socket.socket]] = {}
