@@ -66,6 +66,41 @@ def test_cycles_through_pending_handles_are_collected_when_the_loop_is_dropped(l
     assert sum(r() is not None for r in refs) == 0
 
 
+def test_an_unclosed_loop_is_finalised_by_the_cyclic_collector(loop_factory):
+    """asyncio's loop is in a reference cycle until close(): dropped unclosed, it warns
+    ("unclosed event loop") and closes when the cyclic collector runs, not when its last
+    name goes. Tests count on it: aiomysql's test___del__ catches the warning of a loop its
+    fixture leaked with pytest.warns around gc.collect()."""
+    gc.collect()
+    gc.disable()
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", ResourceWarning)
+            lp = loop_factory()
+            r = weakref.ref(lp)
+            del lp
+            assert r() is not None and seen == []
+            gc.collect()
+            assert r() is None
+            assert [str(w.message).startswith("unclosed event loop") for w in seen] == [True]
+    finally:
+        gc.enable()
+
+
+def test_a_closed_loop_is_freed_when_its_last_name_goes(loop_factory):
+    gc.collect()
+    gc.disable()
+    try:
+        lp = loop_factory()
+        lp.run_until_complete(asyncio.sleep(0))
+        lp.close()
+        r = weakref.ref(lp)
+        del lp
+        assert r() is None
+    finally:
+        gc.enable()
+
+
 def test_loop_in_a_cycle_with_its_own_timer_is_collected(loop_factory):
     """loop -> timer heap -> handle -> loop.stop (bound to the loop) -> loop."""
     lp = loop_factory()
