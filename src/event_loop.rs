@@ -90,6 +90,29 @@ struct LoopState {
     task_factory: Option<Py<PyAny>>,
 }
 
+/// `create_task()` on a closed loop: the "Event loop is closed" error, raised again from a
+/// Python frame that holds the coroutine (`_loop._create_task_on_closed_loop`). asyncio's
+/// `create_task` is Python, and its frame in the error's traceback keeps the coroutine alive
+/// until the error is handled; with no frame of ours, the caller's temporary coroutine would
+/// die while the error propagates, and a Cython coroutine's "never awaited" warning (grpc.aio's
+/// `AioServer.shutdown`) is dropped when it dies with an error set. `error` is returned if the
+/// helper cannot be reached.
+fn closed_with_coroutine(
+    slf: &Bound<'_, LoopCore>,
+    coro: &Bound<'_, PyAny>,
+    error: PyErr,
+) -> PyErr {
+    let py = slf.py();
+    let raised = py
+        .import(intern!(py, "ferroloop._loop"))
+        .and_then(|m| m.getattr(intern!(py, "_create_task_on_closed_loop")))
+        .and_then(|f| f.call1((slf, coro)));
+    match raised {
+        Err(e) => e,
+        Ok(_) => error,
+    }
+}
+
 impl LoopState {
     fn check_closed(&self) -> PyResult<()> {
         if self.closed {
@@ -1493,7 +1516,8 @@ impl LoopCore {
         let factory = slf.get().state.with(py, |s| -> PyResult<_> {
             s.check_closed()?;
             Ok(s.task_factory.as_ref().map(|f| f.clone_ref(py)))
-        })??;
+        })?;
+        let factory = factory.map_err(|e| closed_with_coroutine(slf, coro, e))?;
         match factory {
             None => {
                 let kw = pyhelpers::task_kwnames(py, name.is_some(), context.is_some())?;
@@ -1544,7 +1568,8 @@ impl LoopCore {
         let factory = slf.get().state.with(py, |s| -> PyResult<_> {
             s.check_closed()?;
             Ok(s.task_factory.as_ref().map(|f| f.clone_ref(py)))
-        })??;
+        })?;
+        let factory = factory.map_err(|e| closed_with_coroutine(slf, coro, e))?;
         if let Some(factory) = factory {
             return factory.bind(py).call((slf, coro), kwargs);
         }

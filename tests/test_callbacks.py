@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import sys
 import threading
+import warnings
 
 import pytest
 
@@ -164,6 +165,44 @@ def test_closed_loop_refuses_callbacks(loop):
             call()
     coro.close()
     loop.close()  # idempotent
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"name": "t"}])
+def test_create_task_on_a_closed_loop_keeps_the_coroutine_with_the_error(loop, kwargs):
+    """create_task() on a closed loop raises from a frame that holds the coroutine: a
+    coroutine made only for the call lives as long as the error's traceback, not less.
+    (Cython drops a coroutine's "never awaited" warning if it dies while an error is set:
+    grpc.aio's Server.__del__ on a closed loop warned only on asyncio's loop.)"""
+    import gc
+    import weakref
+
+    loop.close()
+    refs = []
+
+    async def work():
+        pass
+
+    def make():
+        coro = work()
+        refs.append(weakref.ref(coro))
+        return coro
+
+    def call():
+        loop.create_task(make(), **kwargs)  # a temporary: no frame of ours holds it
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            call()
+        except RuntimeError as e:
+            err = e
+        assert str(err) == "Event loop is closed"
+        assert refs[0]() is not None  # held by a frame of the error's traceback
+        assert seen == []
+        del err
+        gc.collect()
+        assert refs[0]() is None
+    assert ["never awaited" in str(w.message) for w in seen] == [True]
 
 
 def test_call_soon_threadsafe_many_threads_loses_nothing(loop):

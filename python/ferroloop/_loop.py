@@ -187,6 +187,13 @@ def live_loops() -> list[Loop]:
     return [lp for lp in list(_LIVE_LOOPS) if not lp.is_closed()]
 
 
+def _create_task_on_closed_loop(loop: Loop, coro: Any) -> None:
+    """Raises create_task()'s "Event loop is closed" from a Python frame that holds the
+    coroutine, as asyncio's create_task does (called by the native create_task; see
+    closed_with_coroutine in src/event_loop.rs)."""
+    loop._check_closed()
+
+
 class Loop(LoopCore, NetworkingMixin, SubprocessMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop implemented in Rust."""
 
