@@ -142,12 +142,57 @@ def test_call_soon_coroutine_function_refused_in_debug(loop):
         loop.call_soon(coro)
 
 
-def test_ferroloop_refuses_non_callable_even_without_debug(ferroloop_loop):
-    # asyncio accepts it and fails later inside the loop; ferroloop fails fast (documented).
-    with pytest.raises(TypeError, match="a callable object was expected"):
-        ferroloop_loop.call_soon(1)
-    with pytest.raises(TypeError):
-        ferroloop_loop.call_later(1, None)
+def test_non_callable_is_accepted_without_debug_and_fails_when_run(loop):
+    """Outside debug mode asyncio checks nothing: the handle is made and the TypeError goes
+    to the exception handler when it runs (Sanic's tests pass a Task to call_later and count
+    on it). add_reader/add_writer check nothing in any mode."""
+    import os
+
+    seen = []
+    loop.set_exception_handler(
+        lambda lp, ctx: seen.append((ctx["message"], repr(ctx["exception"])))
+    )
+    r, w = os.pipe()
+    try:
+        handles = [
+            loop.call_soon(1),
+            loop.call_soon_threadsafe("x"),
+            loop.call_later(0, 0),
+            loop.call_at(loop.time(), 2.5),
+        ]
+        assert [repr(h).split(" ")[-1] for h in handles] == ["1()>", "'x'()>", "0()>", "2.5()>"]
+        loop.set_debug(True)
+        loop.add_reader(r, 3)
+        loop.set_debug(False)
+        loop.add_writer(w, 4)
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.remove_reader(r)
+        loop.remove_writer(w)
+        loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        os.close(r)
+        os.close(w)
+    assert sorted(set(seen)) == sorted(
+        {
+            ("Exception in callback 1()", "TypeError(\"'int' object is not callable\")"),
+            ("Exception in callback 'x'()", "TypeError(\"'str' object is not callable\")"),
+            ("Exception in callback 0()", "TypeError(\"'int' object is not callable\")"),
+            ("Exception in callback 2.5()", "TypeError(\"'float' object is not callable\")"),
+            ("Exception in callback 4()", "TypeError(\"'int' object is not callable\")"),
+        }
+    )
+
+
+def test_non_callable_is_refused_in_debug(loop):
+    loop.set_debug(True)
+    for call, method in (
+        (lambda: loop.call_soon(1), "call_soon"),
+        (lambda: loop.call_soon_threadsafe(1), "call_soon_threadsafe"),
+        (lambda: loop.call_later(1, None), "call_at"),
+        (lambda: loop.call_at(loop.time(), None), "call_at"),
+    ):
+        with pytest.raises(TypeError, match=rf"a callable object was expected by {method}\(\)"):
+            call()
 
 
 def test_closed_loop_refuses_callbacks(loop):
