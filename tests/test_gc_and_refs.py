@@ -81,8 +81,11 @@ def test_an_unclosed_loop_is_finalised_by_the_cyclic_collector(loop_factory):
             del lp
             assert r() is not None and seen == []
             gc.collect()
-            assert r() is None
             assert [str(w.message).startswith("unclosed event loop") for w in seen] == [True]
+            # The recorded warning holds the loop (its source) on 3.15: let it go first.
+            seen.clear()
+            gc.collect()
+            assert r() is None
     finally:
         gc.enable()
 
