@@ -62,6 +62,29 @@ class Endpoint:
         self.aborted = False
 
 
+def _unused_port_outside_ephemeral_range() -> int:
+    """A free UDP port below the kernel's ephemeral range. A port bound and closed is handed
+    out again by the next bind to port 0: a world's peer or endpoint then sat on its "closed"
+    address, and a datagram meant to be refused reached it (a CI failure on 3.14: the
+    connected endpoint's sendto to "closed" went through instead of raising ValueError)."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for port in range(low - 1, max(1024, low - 2000), -1):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        return port
+    raise RuntimeError("no free UDP port below the ephemeral range")
+
+
 class DatagramWorld(World):
     network = True  # loopback TCP/UDP: settle before each iteration
 
@@ -69,11 +92,8 @@ class DatagramWorld(World):
         super().__init__(kind, debug)
         self.eps: dict[int, Endpoint] = {}
         self.writes = 0
-        # A port where nobody listens (bound, then closed): sending there is refused.
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        self.closed_addr = s.getsockname()
-        s.close()
+        # A port where nobody listens: sending there is refused.
+        self.closed_addr = ("127.0.0.1", _unused_port_outside_ephemeral_range())
 
     def udp(self) -> socket.socket:
         s = self.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
