@@ -422,6 +422,22 @@ impl LoopCore {
         Ok(Some(slf.call_method0(intern!(py, "time"))?.extract()?))
     }
 
+    /// The task factory (None: asyncio's Task) for `create_task`, or its error on a closed
+    /// loop, raised where the coroutine is held (`closed_with_coroutine`).
+    fn task_factory_unless_closed(
+        slf: &Bound<'_, LoopCore>,
+        coro: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        slf.get()
+            .state
+            .with(py, |s| -> PyResult<_> {
+                s.check_closed()?;
+                Ok(s.task_factory.as_ref().map(|f| f.clone_ref(py)))
+            })?
+            .map_err(|e| closed_with_coroutine(slf, coro, e))
+    }
+
     /// One iteration of the loop (see the module docs).
     fn run_once(slf: &Bound<'_, LoopCore>, buf: &mut [libc::epoll_event]) -> PyResult<()> {
         let py = slf.py();
@@ -1516,11 +1532,7 @@ impl LoopCore {
         let py = slf.py();
         let name = name.filter(|n| !n.is_none());
         let context = context.filter(|c| !c.is_none());
-        let factory = slf.get().state.with(py, |s| -> PyResult<_> {
-            s.check_closed()?;
-            Ok(s.task_factory.as_ref().map(|f| f.clone_ref(py)))
-        })?;
-        let factory = factory.map_err(|e| closed_with_coroutine(slf, coro, e))?;
+        let factory = Self::task_factory_unless_closed(slf, coro)?;
         match factory {
             None => {
                 let kw = pyhelpers::task_kwnames(py, name.is_some(), context.is_some())?;
@@ -1568,11 +1580,7 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let kwargs = kwargs.filter(|k| !k.is_empty());
-        let factory = slf.get().state.with(py, |s| -> PyResult<_> {
-            s.check_closed()?;
-            Ok(s.task_factory.as_ref().map(|f| f.clone_ref(py)))
-        })?;
-        let factory = factory.map_err(|e| closed_with_coroutine(slf, coro, e))?;
+        let factory = Self::task_factory_unless_closed(slf, coro)?;
         if let Some(factory) = factory {
             return factory.bind(py).call((slf, coro), kwargs);
         }
